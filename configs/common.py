@@ -1,0 +1,118 @@
+"""Fields every model's config has; `configs/<model>.py` start from `get_config()` here."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Registry name in oneshot_tf.models.MODELS; must match --model.
+    config.model = ""
+    # Constructor keyword arguments of the model class.
+    config.model_kwargs = ml_collections.ConfigDict()
+    # Seeds the model's sampling, data streams and the validation carve-out.
+    config.seed = 0
+    # Keras dtype policy: "float32" or "mixed_bfloat16" (bfloat16 compute, float32
+    # variables; likelihoods, KL and log-sum-exps stay float32 either way).
+    config.precision = "float32"
+
+    config.data = ml_collections.ConfigDict()
+    # auto | gmn28 | upstream | tfds (oneshot_tf/data/omniglot.py).
+    config.data.source = "auto"
+    # lake (background vs evaluation alphabets) | vinyals.
+    config.data.split = "lake"
+    # Training characters held out for validation under the lake split.
+    config.data.num_val_characters = 50
+    # fixed (threshold) | dynamic (Bernoulli resampling each batch; binary sources unaffected).
+    config.data.binarization = "dynamic"
+    # Episodes per training batch.
+    config.data.batch_size = 64
+    # Items per training episode (T) and characters per episode (C).
+    config.data.set_size = 1
+    config.data.num_classes = 1
+    # balanced (items spread evenly over the C classes) | random (uniform class per item).
+    config.data.class_mix = "balanced"
+    # Let the tfds source download Omniglot (needs internet).
+    config.data.tfds_download = False
+
+    config.train = ml_collections.ConfigDict()
+    # Total optimizer steps.
+    config.train.steps = 100_000
+    # Peak Adam learning rate and its schedule: constant | cosine | exponential | burda.
+    config.train.learning_rate = 1e-3
+    config.train.schedule = "constant"
+    # exponential: multiply by decay_rate every decay_steps.
+    config.train.decay_rate = 0.5
+    config.train.decay_steps = 50_000
+    # Adam epsilon (Burda et al. use 1e-4).
+    config.train.adam_epsilon = 1e-7
+    # Clip gradients to this global norm; 0 disables.
+    config.train.grad_clip_norm = 0.0
+    # Steps run inside one tf.function call; also the logging period.
+    config.train.steps_per_loop = 200
+    # Save a checkpoint every this many seconds (and at the end or on SIGINT/SIGTERM).
+    config.train.checkpoint_every_secs = 300
+    # Validation bound, summaries and a sample grid every this many steps; 0 disables.
+    config.train.eval_every = 10_000
+    # Validation episodes for the periodic bound.
+    config.train.val_episodes = 512
+    config.train.max_checkpoints = 3
+
+    config.eval = ml_collections.ConfigDict()
+    # Test episodes for the per-shot table (SPEC §3), characters per episode, items per episode.
+    config.eval.episodes = 1000
+    config.eval.c_test = 1
+    config.eval.set_size = 10
+    # Importance samples K per log p(x_t | x_<t).
+    config.eval.num_samples = 1000
+    config.eval.seed = 0
+    # Episodes per evaluation batch and importance samples per chunk (memory vs speed).
+    config.eval.batch_size = 50
+    config.eval.chunk_size = 250
+    # Also score every test drawing unconditionally with test_num_samples (Burda's protocol).
+    config.eval.all_test_images = False
+    config.eval.test_num_samples = 5000
+
+    config.sample = ml_collections.ConfigDict()
+    # Rows of the sample grid, support images per row, new samples per row.
+    config.sample.rows = 8
+    config.sample.shots = 5
+    config.sample.samples_per_row = 10
+    config.sample.seed = 0
+    return config
+
+
+VARIANTS = ("default", "quick", "tiny")
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """Shrinks the run for `quick` (minutes on 2 CPU cores) or `tiny` (unit tests).
+
+    Model sizes are the model config's business; this changes steps, episodes and
+    sample counts only. Returns the config, locked so a misspelt field fails.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if variant == "quick":
+        config.train.steps = 3000
+        config.train.steps_per_loop = 100
+        config.train.eval_every = 1500
+        config.train.val_episodes = 64
+        config.eval.episodes = 100
+        config.eval.num_samples = 100
+        config.eval.test_num_samples = 100
+        config.sample.rows = 4
+    elif variant == "tiny":
+        config.data.batch_size = 2
+        config.train.steps = 2
+        config.train.steps_per_loop = 1
+        config.train.eval_every = 2
+        config.train.val_episodes = 4
+        config.eval.episodes = 4
+        config.eval.num_samples = 4
+        config.eval.batch_size = 2
+        config.eval.chunk_size = 2
+        config.eval.test_num_samples = 4
+        config.sample.rows = 2
+        config.sample.samples_per_row = 3
+    config.lock()
+    return config

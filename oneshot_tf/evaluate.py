@@ -1,0 +1,240 @@
+"""Evaluation protocol (SPEC §3) and sample grids.
+
+Per-shot conditional log-likelihood: for an episode x_1..x_T (default T = 10 drawers
+of one test character, random order), position t is scored given x_<t,
+    log p(x_t | x_<t) ~= log (1/K) sum_k p(x_t, z_k | x_<t) / q(z_k | x_t, x_<t),
+with K samples from the model's recognition network (accumulated in chunks by a
+running log-sum-exp, so K = 1000 or 5000 fits in memory). Reported per t: the mean
+over episodes, its standard error, and bits/dim = -nats / (784 ln 2).
+"""
+
+import math
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from oneshot_tf import workdir as workdir_lib
+from oneshot_tf.data import episodes, omniglot
+
+NUM_PIXELS = omniglot.IMAGE_SIZE * omniglot.IMAGE_SIZE
+
+
+def mean_bound(model, images: np.ndarray, seed: int, batch_size: int = 64) -> float:
+    """Mean training bound per image over sets `images` [N, T, 28, 28, 1]."""
+    total = 0.0
+    for i in range(0, len(images), batch_size):
+        batch = tf.constant(images[i : i + batch_size])
+        total += float(tf.reduce_sum(model.elbo(batch, tf.constant([seed, i]), training=False)))
+    return total / (images.shape[0] * images.shape[1])
+
+
+def per_shot_log_probs(
+    model,
+    images: np.ndarray,
+    *,
+    num_samples: int,
+    seed: int,
+    batch_size: int = 50,
+    chunk_size: int = 250,
+    log_every_secs: float = 30.0,
+) -> np.ndarray:
+    """Importance-sampled log p(x_t | x_<t) for every episode and position.
+
+    Args:
+      model: a FewShotModel.
+      images: float32 [episodes, T, 28, 28, 1].
+      num_samples: K importance samples per estimate.
+      seed: evaluation seed; results are a deterministic function of it.
+      batch_size: episodes per call; chunk_size: importance samples per call.
+
+    Returns:
+      float64 [episodes, T], in nats.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    chunks = [min(chunk_size, num_samples - c) for c in range(0, num_samples, chunk_size)]
+
+    @tf.function
+    def chunk_logsumexp(batch, chunk, chunk_seed):
+        return tf.reduce_logsumexp(model.per_shot_log_weights(batch, chunk, chunk_seed), axis=0)
+
+    results = []
+    start = last_log = time.time()
+    for b, i in enumerate(range(0, len(images), batch_size)):
+        batch = tf.constant(images[i : i + batch_size])
+        batch_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0]), b)
+        acc = tf.fill(tf.shape(batch)[:2], -np.inf)
+        for c, chunk in enumerate(chunks):
+            chunk_seed = tf.random.experimental.stateless_fold_in(batch_seed, c)
+            acc = tf.experimental.numpy.logaddexp(acc, chunk_logsumexp(batch, chunk, chunk_seed))
+        results.append(acc.numpy().astype(np.float64) - math.log(num_samples))
+        done = i + len(batch)
+        if time.time() - last_log > log_every_secs or done == len(images):
+            elapsed = time.time() - start
+            logging.info(
+                "scored %d/%d episodes x %d positions, K=%d  %.1fs  ETA %.0fs",
+                done,
+                len(images),
+                images.shape[1],
+                num_samples,
+                elapsed,
+                elapsed / done * (len(images) - done),
+            )
+            last_log = time.time()
+    return np.concatenate(results)
+
+
+def summarize(log_probs: np.ndarray) -> list:
+    """Per-position mean, standard error and bits/dim of log_probs [episodes, T]."""
+    rows = []
+    for t in range(log_probs.shape[1]):
+        column = log_probs[:, t]
+        stderr = float(column.std(ddof=1) / math.sqrt(len(column))) if len(column) > 1 else float("nan")
+        mean = float(column.mean())
+        rows.append(
+            {
+                "t": t + 1,
+                "shots": t,
+                "log_prob": round(mean, 4),
+                "stderr": round(stderr, 4),
+                "bits_per_dim": round(-mean / (NUM_PIXELS * math.log(2)), 6),
+            }
+        )
+    return rows
+
+
+def estimator_note(model) -> str:
+    note = "log (1/K) sum_k p(x_t, z_k | x_<t) / q(z_k | x_t, x_<t), z_k from the recognition network"
+    if not model.conditional:
+        note += "; the model is unconditional, so every t estimates log p(x_t)"
+    return note
+
+
+def evaluate(config, workdir, data_dir) -> dict:
+    """Scores the latest checkpoint of `workdir` by the protocol; writes eval.json."""
+    workdir = pathlib.Path(workdir)
+    model, step = workdir_lib.restore_model(config, workdir)
+    splits = workdir_lib.load_data(config, data_dir)
+    test = episodes.fixed_episodes(
+        splits["test"],
+        num_episodes=config.eval.episodes,
+        set_size=config.eval.set_size,
+        num_classes=config.eval.c_test,
+        seed=config.eval.seed,
+    )
+    start = time.time()
+    log_probs = per_shot_log_probs(
+        model,
+        test["images"],
+        num_samples=config.eval.num_samples,
+        seed=config.eval.seed,
+        batch_size=config.eval.batch_size,
+        chunk_size=config.eval.chunk_size,
+    )
+    result = {
+        "model": config.model,
+        "source": omniglot.resolve_source(config.data.source, data_dir),
+        "split": config.data.split,
+        "c_test": config.eval.c_test,
+        "episodes": config.eval.episodes,
+        "set_size": config.eval.set_size,
+        "num_samples": config.eval.num_samples,
+        "seed": config.eval.seed,
+        "checkpoint_step": step,
+        "precision": config.precision,
+        "estimator": estimator_note(model),
+        "per_shot": summarize(log_probs),
+        "seconds": round(time.time() - start, 1),
+    }
+    if config.eval.all_test_images:
+        every_image = episodes.all_images(splits["test"])[:, None]
+        start = time.time()
+        image_log_probs = per_shot_log_probs(
+            model,
+            every_image,
+            num_samples=config.eval.test_num_samples,
+            seed=config.eval.seed,
+            batch_size=config.eval.batch_size * config.eval.set_size,
+            chunk_size=config.eval.chunk_size,
+        )
+        row = summarize(image_log_probs)[0]
+        result["test_images"] = {
+            "images": len(every_image),
+            "num_samples": config.eval.test_num_samples,
+            "log_prob": row["log_prob"],
+            "stderr": row["stderr"],
+            "bits_per_dim": row["bits_per_dim"],
+            "seconds": round(time.time() - start, 1),
+        }
+    workdir_lib.write_json(workdir / "eval.json", result)
+    for row in result["per_shot"]:
+        logging.info(
+            "t=%2d (%d shots): %.2f +- %.2f nats (%.4f bits/dim)",
+            row["t"],
+            row["shots"],
+            row["log_prob"],
+            row["stderr"],
+            row["bits_per_dim"],
+        )
+    if "test_images" in result:
+        logging.info("all %d test images, K=%d: %.2f +- %.2f nats", *[
+            result["test_images"][k] for k in ("images", "num_samples", "log_prob", "stderr")
+        ])
+    logging.info("Wrote %s", workdir / "eval.json")
+    return result
+
+
+def sample_grid(model, support: np.ndarray, sample_config, seed: int) -> np.ndarray:
+    """A picture of conditional samples: each row is a support set, a gap, new drawings.
+
+    Args:
+      support: float32 [rows, shots, 28, 28, 1].
+      sample_config: `samples_per_row`.
+      seed: sampling seed.
+
+    Returns:
+      float32 [height, width] in [0, 1], dark ink on white; support and samples
+      are separated by a grey bar. Samples are Bernoulli means.
+    """
+    rows, shots = support.shape[:2]
+    count = sample_config.samples_per_row
+    repeated = tf.repeat(tf.constant(support), count, axis=0)  # [rows * count, shots, ...]
+    probs, _ = model.sample(repeated, tf.constant([seed, 1]))
+    samples = tf.reshape(probs, [rows, count, 28, 28]).numpy()
+    pad = 2
+    cell = 28 + pad
+    width = (shots + count) * cell + 3 * pad + pad
+    grid = np.ones((rows * cell + pad, width), np.float32)
+    for r in range(rows):
+        y = pad + r * cell
+        for s in range(shots):
+            grid[y : y + 28, pad + s * cell : pad + s * cell + 28] = 1.0 - support[r, s, ..., 0]
+        x0 = pad + shots * cell + 3 * pad
+        grid[y - pad // 2 : y + 28 + pad // 2, x0 - 2 * pad : x0 - pad] = 0.5
+        for s in range(count):
+            grid[y : y + 28, x0 + s * cell : x0 + s * cell + 28] = 1.0 - samples[r, s]
+    return grid
+
+
+def write_samples(config, workdir, data_dir) -> pathlib.Path:
+    """Writes samples/samples_step<step>.png (and to TensorBoard) from test characters."""
+    workdir = pathlib.Path(workdir)
+    model, step = workdir_lib.restore_model(config, workdir)
+    splits = workdir_lib.load_data(config, data_dir)
+    support = episodes.fixed_episodes(
+        splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed
+    )["images"]
+    grid = sample_grid(model, support, config.sample, config.sample.seed)
+    path = workdir / "samples" / f"samples_step{step}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = tf.io.encode_png(tf.cast(tf.round(grid[..., None] * 255), tf.uint8))
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(png.numpy())
+    partial.replace(path)
+    with tf.summary.create_file_writer(str(workdir / "tensorboard" / "eval")).as_default():
+        tf.summary.image("test_samples", grid[None, ..., None], step=step)
+    logging.info("Wrote %s (%d rows: %d support images | %d samples)", path, *support.shape[:2], config.sample.samples_per_row)
+    return path

@@ -1,0 +1,206 @@
+"""Building blocks shared by every model: encoders, decoders, distribution heads.
+
+Networks compute in the global Keras dtype policy (bfloat16 under
+`mixed_bfloat16`); every distribution is built from float32 parameters, so
+likelihoods, KL terms and log-sum-exps are float32 whatever the policy.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def merge_leading(x: tf.Tensor, num_dims: int = 2) -> tf.Tensor:
+    """[d0, ..., d_{n-1}, *rest] -> [d0 * ... * d_{n-1}, *rest]."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([[-1], shape[num_dims:]], axis=0))
+
+
+def split_leading(x: tf.Tensor, leading_shape) -> tf.Tensor:
+    """[prod(leading_shape), *rest] -> [*leading_shape, *rest]."""
+    return tf.reshape(x, tf.concat([leading_shape, tf.shape(x)[1:]], axis=0))
+
+
+def batch_apply(fn, x: tf.Tensor, num_dims: int = 2):
+    """Applies `fn` (which takes one batch dimension) to x with `num_dims` batch dims.
+
+    Example: [shots, batch, 28, 28, 1] -> [shots * batch, 28, 28, 1] -> fn ->
+    [shots, batch, features].
+    """
+    leading = tf.shape(x)[:num_dims]
+    return split_leading(fn(merge_leading(x, num_dims)), leading)
+
+
+def bernoulli_images(logits: tf.Tensor) -> tfd.Distribution:
+    """p(x | ...) with independent Bernoulli pixels, event shape [28, 28, 1]."""
+    return tfd.Independent(tfd.Bernoulli(logits=tf.cast(logits, tf.float32)), reinterpreted_batch_ndims=3)
+
+
+def draw_binary(probs: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Binary images drawn from Bernoulli means `probs`, reproducible from `seed` [2]."""
+    return tf.cast(tf.random.stateless_uniform(tf.shape(probs), seed) < probs, tf.float32)
+
+
+def log_mean_exp(log_weights: tf.Tensor, axis: int = 0) -> tf.Tensor:
+    """log (1/K) sum_k exp(w_k), in float32."""
+    log_weights = tf.cast(log_weights, tf.float32)
+    num = tf.cast(tf.shape(log_weights)[axis], tf.float32)
+    return tf.reduce_logsumexp(log_weights, axis=axis) - tf.math.log(num)
+
+
+class NormalHead(keras.layers.Layer):
+    """Maps features to a diagonal Gaussian over `size` dims (float32, event shape [size])."""
+
+    def __init__(self, size: int, *, min_scale: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.min_scale = min_scale
+        self.dense = keras.layers.Dense(2 * size)
+
+    def call(self, features: tf.Tensor) -> tfd.Distribution:
+        """features: [..., F] -> MultivariateNormalDiag with batch shape [...], event [size]."""
+        params = tf.cast(self.dense(features), tf.float32)
+        loc, raw_scale = tf.split(params, 2, axis=-1)
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(raw_scale) + self.min_scale)
+
+
+class Chain(keras.layers.Layer):
+    """Applies layers in order, like keras.Sequential but without fixing the input rank.
+
+    (A Sequential built on [K, N, D] inputs rejects [N, D] ones; ours sees both.)
+    """
+
+    def __init__(self, chain, **kwargs):
+        super().__init__(**kwargs)
+        self.chain = list(chain)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        for layer in self.chain:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                x = layer(x, training=training)
+            else:
+                x = layer(x)
+        return x
+
+
+def mlp(hidden_sizes, activation: str = "tanh") -> Chain:
+    """Dense layers of the given sizes, each followed by `activation`; any leading dims."""
+    return Chain([keras.layers.Dense(h, activation=activation) for h in hidden_sizes])
+
+
+class FcEncoder(keras.layers.Layer):
+    """Flattens images and applies an MLP: [N, 28, 28, 1] -> [N, hidden_sizes[-1]]."""
+
+    def __init__(self, hidden_sizes=(200, 200), activation: str = "tanh", **kwargs):
+        super().__init__(**kwargs)
+        if not hidden_sizes:
+            raise ValueError("FcEncoder needs at least one hidden size")
+        self.flatten = keras.layers.Flatten()
+        self.net = mlp(hidden_sizes, activation)
+
+    def call(self, images: tf.Tensor) -> tf.Tensor:
+        return self.net(self.flatten(images))
+
+
+class FcDecoder(keras.layers.Layer):
+    """MLP from a code to Bernoulli logits: [N, D] -> [N, 28, 28, 1]."""
+
+    def __init__(self, hidden_sizes=(200, 200), activation: str = "tanh", **kwargs):
+        super().__init__(**kwargs)
+        self.net = mlp(hidden_sizes, activation)
+        self.logits = keras.layers.Dense(math.prod(IMAGE_SHAPE))
+        self.reshape = keras.layers.Reshape(IMAGE_SHAPE)
+
+    def call(self, code: tf.Tensor) -> tf.Tensor:
+        return self.reshape(self.logits(self.net(code)))
+
+
+class ConvEncoder(keras.layers.Layer):
+    """Strided conv stack: [N, 28, 28, 1] -> [N, features].
+
+    Each stage is `convs_per_stage` 3x3 convs (the last one stride 2) with batch norm
+    and ELU, so 28 -> 14 -> 7 -> 4 for three stages.
+    """
+
+    def __init__(self, channels=(32, 64, 128), convs_per_stage: int = 1, batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        blocks = []
+        for c in channels:
+            for i in range(convs_per_stage):
+                stride = 2 if i == convs_per_stage - 1 else 1
+                blocks.append(keras.layers.Conv2D(c, 3, strides=stride, padding="same", use_bias=not batch_norm))
+                if batch_norm:
+                    blocks.append(keras.layers.BatchNormalization())
+                blocks.append(keras.layers.Activation("elu"))
+        blocks.append(keras.layers.Flatten())
+        self.net = Chain(blocks)
+
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.net(images, training=training)
+
+
+class ConvDecoder(keras.layers.Layer):
+    """Mirror of ConvEncoder: [N, D] -> Bernoulli logits [N, 28, 28, 1].
+
+    Dense to [4, 4, channels[0]], then transposed convs 4 -> 7 -> 14 -> 28.
+    """
+
+    def __init__(self, channels=(128, 64, 32), batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if len(channels) != 3:
+            raise ValueError(f"ConvDecoder upsamples 4 -> 7 -> 14 -> 28 and needs 3 channels, got {channels}")
+        blocks = [keras.layers.Dense(4 * 4 * channels[0], activation="elu"), keras.layers.Reshape((4, 4, channels[0]))]
+        # 4 -> 8, cropped to 7, then 7 -> 14 -> 28.
+        for i, c in enumerate(channels):
+            blocks.append(keras.layers.Conv2DTranspose(c, 3, strides=2, padding="same", use_bias=not batch_norm))
+            if batch_norm:
+                blocks.append(keras.layers.BatchNormalization())
+            blocks.append(keras.layers.Activation("elu"))
+            if i == 0:
+                blocks.append(keras.layers.Cropping2D(((0, 1), (0, 1))))
+        blocks.append(keras.layers.Conv2D(1, 3, padding="same"))
+        self.net = Chain(blocks)
+
+    def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.net(code, training=training)
+
+
+def make_encoder(architecture: str, sizes, activation: str) -> keras.layers.Layer:
+    """`fc`: FcEncoder(sizes); `conv`: ConvEncoder(channels=sizes)."""
+    if architecture == "fc":
+        return FcEncoder(sizes, activation)
+    if architecture == "conv":
+        return ConvEncoder(sizes)
+    raise ValueError(f"unknown architecture {architecture!r}; valid: fc, conv")
+
+
+def make_decoder(architecture: str, sizes, activation: str) -> keras.layers.Layer:
+    """`fc`: FcDecoder(reversed sizes); `conv`: ConvDecoder(reversed channels)."""
+    if architecture == "fc":
+        return FcDecoder(tuple(reversed(sizes)), activation)
+    if architecture == "conv":
+        return ConvDecoder(tuple(reversed(sizes)))
+    raise ValueError(f"unknown architecture {architecture!r}; valid: fc, conv")
+
+
+class GaussianMlp(keras.layers.Layer):
+    """MLP followed by a NormalHead: [..., D] -> Gaussian over `size` dims, batch shape [...]."""
+
+    def __init__(self, hidden_sizes, size: int, activation: str = "tanh", **kwargs):
+        super().__init__(**kwargs)
+        self.net = mlp(hidden_sizes, activation)
+        self.head = NormalHead(size)
+
+    def call(self, inputs: tf.Tensor) -> tfd.Distribution:
+        return self.head(self.net(inputs))
+
+
+def standard_normal(size: int) -> tfd.Distribution:
+    """N(0, I) over `size` dims, float32, event shape [size]."""
+    return tfd.MultivariateNormalDiag(loc=tf.zeros([size], tf.float32))

@@ -1,0 +1,221 @@
+"""The training loop: `train_and_evaluate(config, workdir, data_dir)`.
+
+The inner loop (`steps_per_loop` optimizer steps) runs inside one tf.function; the
+outer Python loop logs progress, writes summaries, validates and checkpoints
+(orbit's split). The step runs under `strategy.run` with the loss scaled by the
+global batch, so a tf.distribute strategy can wrap it unchanged. SIGINT/SIGTERM
+finish the current inner loop, save a checkpoint and raise `Interrupted`; running
+again in the same workdir resumes from it, data stream included.
+"""
+
+import contextlib
+import math
+import pathlib
+import signal
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from oneshot_tf import evaluate, workdir as workdir_lib
+from oneshot_tf.data import episodes
+
+SCHEDULES = ("constant", "cosine", "exponential", "burda")
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint saved, run again to resume")
+        self.step = step
+        self.signum = signum
+
+
+def make_schedule(train_config):
+    """The learning rate schedule of `train_config` (a float for `constant`)."""
+    lr, steps = train_config.learning_rate, train_config.steps
+    if train_config.schedule == "constant":
+        return lr
+    if train_config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
+    if train_config.schedule == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(lr, train_config.decay_steps, train_config.decay_rate)
+    if train_config.schedule == "burda":
+        # Burda et al. (2016), Sec. 5: stage i = 0..7 lasts 3^i epochs at lr * 10^(-i/7);
+        # here the stages share `steps` in the same proportions.
+        lengths = [3**i for i in range(8)]
+        cumulative = [sum(lengths[: i + 1]) / sum(lengths) for i in range(7)]
+        boundaries = [max(1, int(c * steps)) for c in cumulative]
+        values = [lr * 10 ** (-i / 7) for i in range(8)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    raise ValueError(f"unknown schedule {train_config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(train_config) -> keras.optimizers.Optimizer:
+    clip = train_config.grad_clip_norm or None
+    return keras.optimizers.Adam(
+        learning_rate=make_schedule(train_config), epsilon=train_config.adam_epsilon, global_clipnorm=clip
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Yields a dict whose `signum` is set when SIGINT or SIGTERM arrives."""
+    state = {"signum": None}
+
+    def handler(signum, frame):
+        del frame
+        logging.warning("Signal %d: stopping after the current inner loop and saving a checkpoint", signum)
+        state["signum"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train_and_evaluate(config, workdir, data_dir) -> int:
+    """Trains `config.model` in `workdir`, resuming from its latest checkpoint.
+
+    Args:
+      config: a config from configs/<model>.py.
+      workdir: output folder (see oneshot_tf/workdir.py).
+      data_dir: folder with an Omniglot source.
+
+    Returns:
+      The step reached.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    workdir_lib.set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    splits = workdir_lib.load_data(config, data_dir)
+    total_steps = config.train.steps
+
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        model = workdir_lib.build_model(config)
+        optimizer = make_optimizer(config.train)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    manager = tf.train.CheckpointManager(
+        checkpoint, workdir / workdir_lib.CHECKPOINTS, max_to_keep=config.train.max_checkpoints, step_counter=step
+    )
+    restored = manager.restore_or_initialize()
+    start = int(step.numpy())
+    if restored:
+        logging.info("Resumed from %s at step %d", restored, start)
+    if start >= total_steps:
+        logging.info("Already trained: step %d >= train.steps %d", start, total_steps)
+        return start
+
+    dataset = episodes.episode_dataset(
+        splits["train"],
+        batch_size=config.data.batch_size,
+        set_size=config.data.set_size,
+        num_classes=config.data.num_classes,
+        class_mix=config.data.class_mix,
+        binarization=config.data.binarization,
+        seed=config.seed,
+        start=start,
+    )
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    items_per_step = config.data.batch_size * config.data.set_size
+    trainable = model.trainable_variables
+
+    def step_fn(images, seed):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.random.experimental.stateless_fold_in(seed, replica)
+        with tf.GradientTape() as tape:
+            # Nats per image, scaled by the global batch: replicas' losses add up to the mean.
+            loss = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
+        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+        return loss
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+        loss_sum = tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            batch = next(iterator)
+            seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
+            per_replica = strategy.run(step_fn, args=(batch["images"], seed))
+            loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            step.assign_add(1)
+        return loss_sum / tf.cast(num_steps, tf.float32)
+
+    val = episodes.fixed_episodes(
+        splits["val"],
+        num_episodes=config.train.val_episodes,
+        set_size=config.data.set_size,
+        num_classes=config.data.num_classes,
+        class_mix=config.data.class_mix,
+        seed=config.seed,
+    )
+    grid_support = episodes.fixed_episodes(
+        splits["val"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.seed
+    )["images"]
+    writer = tf.summary.create_file_writer(str(workdir / "tensorboard" / "train"))
+    logging.info(
+        "Training %s from step %d to %d: batch %d episodes x %d items, %d parameters",
+        config.model,
+        start,
+        total_steps,
+        config.data.batch_size,
+        config.data.set_size,
+        sum(math.prod(v.shape) for v in trainable),
+    )
+    current, last_save, run_start = start, time.time(), time.time()
+    with _stop_on_signals() as stop, writer.as_default():
+        while current < total_steps and stop["signum"] is None:
+            num_steps = min(config.train.steps_per_loop, total_steps - current)
+            loop_start = time.time()
+            loss = float(train_steps(iterator, tf.constant(num_steps)))
+            previous, current = current, int(step.numpy())
+            now = time.time()
+            steps_per_sec = num_steps / (now - loop_start)
+            overall = (current - start) / (now - run_start)
+            eta = (total_steps - current) / overall if overall > 0 else float("inf")
+            logging.info(
+                "step %d/%d  loss %.3f nats/image  %.1f steps/s  %.0f images/s  ETA %s",
+                current,
+                total_steps,
+                loss,
+                steps_per_sec,
+                steps_per_sec * items_per_step,
+                _format_seconds(eta),
+            )
+            if not math.isfinite(loss):
+                manager.save(checkpoint_number=current)
+                raise FloatingPointError(f"loss is {loss} at step {current}; last checkpoint kept in {workdir}")
+            tf.summary.scalar("train/loss", loss, step=current)
+            tf.summary.scalar("train/steps_per_sec", steps_per_sec, step=current)
+            tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate), step=current)
+            every = config.train.eval_every
+            if every and (current // every > previous // every or current == total_steps):
+                val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
+                logging.info("step %d  validation bound %.3f nats/image", current, val_bound)
+                tf.summary.scalar("val/bound", val_bound, step=current)
+                grid = evaluate.sample_grid(model, grid_support, config.sample, current)
+                tf.summary.image("samples", grid[None, ..., None], step=current)
+            if now - last_save > config.train.checkpoint_every_secs:
+                manager.save(checkpoint_number=current)
+                last_save = now
+        manager.save(checkpoint_number=current)
+        writer.flush()
+    if stop["signum"] is not None and current < total_steps:
+        raise Interrupted(current, stop["signum"])
+    logging.info("Trained to step %d in %s", current, _format_seconds(time.time() - run_start))
+    return current

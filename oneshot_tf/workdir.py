@@ -1,0 +1,77 @@
+"""What a workdir holds, and building a model from a config and the latest checkpoint.
+
+Layout:
+  checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step)
+  tensorboard/{train,eval}/   TensorBoard events
+  eval.json                   the per-shot table (SPEC §3)
+  samples/                    sample grid PNGs
+  export/<model>/<version>/   SavedModels (SPEC §5)
+  config.json                 the config of the latest run
+"""
+
+import json
+import pathlib
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from oneshot_tf import models
+from oneshot_tf.data import omniglot
+from oneshot_tf.models import layers
+
+CHECKPOINTS = "checkpoints"
+
+
+def set_precision(precision: str):
+    """Sets the global Keras dtype policy (before any model is built)."""
+    if precision not in ("float32", "mixed_bfloat16"):
+        raise ValueError(f"unknown precision {precision!r}; valid: float32, mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(precision)
+    logging.info("Keras dtype policy: %s", precision)
+
+
+def build_model(config) -> models.base.FewShotModel:
+    """The registered model, with its variables created (by one call on zeros)."""
+    model = models.get_model(config.model, **config.model_kwargs.to_dict())
+    zeros = tf.zeros([1, 2, *layers.IMAGE_SHAPE])
+    model.elbo(zeros, tf.constant([0, 0]), training=False)
+    return model
+
+
+def restore_model(config, workdir) -> tuple:
+    """Builds the model and restores the latest checkpoint of `workdir`.
+
+    Returns:
+      (model, step). Raises FileNotFoundError naming the workdir if it has no checkpoint.
+    """
+    set_precision(config.precision)
+    model = build_model(config)
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(model=model, step=step)
+    latest = tf.train.latest_checkpoint(pathlib.Path(workdir) / CHECKPOINTS)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {pathlib.Path(workdir) / CHECKPOINTS}: run --mode=train first")
+    checkpoint.restore(latest).expect_partial()
+    logging.info("Restored %s (step %d)", latest, int(step.numpy()))
+    return model, int(step.numpy())
+
+
+def load_data(config, data_dir) -> dict:
+    """The train / val / test CharacterSets the config asks for."""
+    return omniglot.load_splits(
+        config.data.source,
+        data_dir,
+        split=config.data.split,
+        num_val_characters=config.data.num_val_characters,
+        seed=config.seed,
+        tfds_download=config.data.tfds_download,
+    )
+
+
+def write_json(path, payload: dict):
+    """Writes JSON atomically (a reader never sees half a file)."""
+    path = pathlib.Path(path)
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    partial.replace(path)
