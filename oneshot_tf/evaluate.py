@@ -180,9 +180,10 @@ def evaluate(config, workdir, data_dir) -> dict:
             row["bits_per_dim"],
         )
     if "test_images" in result:
-        logging.info("all %d test images, K=%d: %.2f +- %.2f nats", *[
-            result["test_images"][k] for k in ("images", "num_samples", "log_prob", "stderr")
-        ])
+        logging.info(
+            "all %d test images, K=%d: %.2f +- %.2f nats",
+            *[result["test_images"][k] for k in ("images", "num_samples", "log_prob", "stderr")],
+        )
     logging.info("Wrote %s", workdir / "eval.json")
     return result
 
@@ -236,5 +237,7 @@ def write_samples(config, workdir, data_dir) -> pathlib.Path:
     partial.replace(path)
     with tf.summary.create_file_writer(str(workdir / "tensorboard" / "eval")).as_default():
         tf.summary.image("test_samples", grid[None, ..., None], step=step)
-    logging.info("Wrote %s (%d rows: %d support images | %d samples)", path, *support.shape[:2], config.sample.samples_per_row)
+    logging.info(
+        "Wrote %s (%d rows: %d support images | %d samples)", path, *support.shape[:2], config.sample.samples_per_row
+    )
     return path

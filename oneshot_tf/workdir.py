@@ -39,6 +39,16 @@ def build_model(config) -> models.base.FewShotModel:
     return model
 
 
+def make_checkpoint(model, **others) -> tf.train.Checkpoint:
+    """A tf.train.Checkpoint of the model's variables (and `others`, e.g. optimizer, step).
+
+    Keras 3 models are not trackable children of a tf.train.Checkpoint (their
+    variables would silently be left out), so the underlying tf.Variables are listed
+    in the model's own deterministic order.
+    """
+    return tf.train.Checkpoint(model_variables=[v.value for v in model.variables], **others)
+
+
 def restore_model(config, workdir) -> tuple:
     """Builds the model and restores the latest checkpoint of `workdir`.
 
@@ -48,11 +58,12 @@ def restore_model(config, workdir) -> tuple:
     set_precision(config.precision)
     model = build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
-    checkpoint = tf.train.Checkpoint(model=model, step=step)
+    checkpoint = make_checkpoint(model, step=step)
     latest = tf.train.latest_checkpoint(pathlib.Path(workdir) / CHECKPOINTS)
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {pathlib.Path(workdir) / CHECKPOINTS}: run --mode=train first")
-    checkpoint.restore(latest).expect_partial()
+    # Partial: the optimizer's slots are not needed; every model variable must be there.
+    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
     logging.info("Restored %s (step %d)", latest, int(step.numpy()))
     return model, int(step.numpy())
 

@@ -66,8 +66,8 @@ def sample_episodes(
 
     Returns:
       dict with `ink` uint8 [batch, set_size, 28, 28], `labels` int32 [batch, set_size]
-      (class index inside the episode, 0..num_classes-1) and `characters` int32
-      [batch, set_size] (row of `images`).
+      (class index inside the episode, 0..num_classes-1), `characters` and `drawers`
+      int32 [batch, set_size] (row and column of `images`).
     """
     if class_mix not in CLASS_MIXES:
         raise ValueError(f"unknown class_mix {class_mix!r}; valid: {', '.join(CLASS_MIXES)}")
@@ -103,7 +103,12 @@ def sample_episodes(
     drawers = tf.gather(drawers, shuffle, batch_dims=1)
     chars = tf.gather(characters, labels, batch_dims=1)
     ink = tf.gather_nd(images, tf.stack([chars, drawers], axis=-1))
-    return {"ink": ink, "labels": labels, "characters": tf.cast(chars, tf.int32)}
+    return {
+        "ink": ink,
+        "labels": labels,
+        "characters": tf.cast(chars, tf.int32),
+        "drawers": tf.cast(drawers, tf.int32),
+    }
 
 
 def episode_dataset(

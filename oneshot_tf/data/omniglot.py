@@ -39,316 +39,319 @@ _GMN_FILES = {BACKGROUND: "train_small.npz", EVALUATION: "test_small.npz"}
 
 
 class DataError(ValueError):
-  """A data source is missing or malformed; the message names path and expectation."""
+    """A data source is missing or malformed; the message names path and expectation."""
 
 
 @dataclasses.dataclass(frozen=True)
 class CharacterSet:
-  """Characters with all their drawings.
+    """Characters with all their drawings.
 
-  Attributes:
-    names: character names, length num_characters.
-    images: uint8 ink levels (255 = ink), shape [num_characters, num_drawers, 28, 28].
-  """
+    Attributes:
+      names: character names, length num_characters.
+      images: uint8 ink levels (255 = ink), shape [num_characters, num_drawers, 28, 28].
+    """
 
-  names: tuple
-  images: np.ndarray
+    names: tuple
+    images: np.ndarray
 
-  def __post_init__(self):
-    if self.images.ndim != 4 or self.images.shape[2:] != (IMAGE_SIZE, IMAGE_SIZE):
-      raise ValueError(f"images must be [characters, drawers, 28, 28], got {self.images.shape}")
-    if len(self.names) != self.images.shape[0]:
-      raise ValueError(f"{len(self.names)} names for {self.images.shape[0]} characters")
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.shape[2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"images must be [characters, drawers, 28, 28], got {self.images.shape}")
+        if len(self.names) != self.images.shape[0]:
+            raise ValueError(f"{len(self.names)} names for {self.images.shape[0]} characters")
 
-  def __len__(self) -> int:
-    return len(self.names)
+    def __len__(self) -> int:
+        return len(self.names)
 
-  def select(self, names) -> "CharacterSet":
-    index = {name: i for i, name in enumerate(self.names)}
-    missing = [n for n in names if n not in index]
-    if missing:
-      raise DataError(f"{len(missing)} characters not in this source, e.g. {missing[:3]}")
-    return CharacterSet(tuple(names), self.images[[index[n] for n in names]])
+    def select(self, names) -> "CharacterSet":
+        index = {name: i for i, name in enumerate(self.names)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise DataError(f"{len(missing)} characters not in this source, e.g. {missing[:3]}")
+        return CharacterSet(tuple(names), self.images[[index[n] for n in names]])
 
 
 def _merge(*sets: CharacterSet) -> CharacterSet:
-  return CharacterSet(
-    tuple(n for s in sets for n in s.names), np.concatenate([s.images for s in sets])
-  )
+    return CharacterSet(tuple(n for s in sets for n in s.names), np.concatenate([s.images for s in sets]))
 
 
 # ----------------------------------------------------------------------------- sources
 
 
 def _find(data_dir: pathlib.Path, names) -> pathlib.Path | None:
-  """The first of `names` under data_dir, data_dir/omniglot or data_dir/gmn_28x28."""
-  for folder in (data_dir, data_dir / "omniglot", data_dir / "gmn_28x28", data_dir / "omniglot" / "gmn_28x28"):
-    for name in names:
-      if (folder / name).exists():
-        return folder / name
-  return None
+    """The first of `names` under data_dir, data_dir/omniglot or data_dir/gmn_28x28."""
+    for folder in (data_dir, data_dir / "omniglot", data_dir / "gmn_28x28", data_dir / "omniglot" / "gmn_28x28"):
+        for name in names:
+            if (folder / name).exists():
+                return folder / name
+    return None
 
 
 def load_gmn28(data_dir) -> dict:
-  """Reads the GMN paper's arrays. Returns {BACKGROUND: CharacterSet, EVALUATION: ...}."""
-  data_dir = pathlib.Path(data_dir)
-  result = {}
-  for part, filename in _GMN_FILES.items():
-    path = _find(data_dir, [filename])
-    if path is None:
-      raise DataError(f"gmn28 source: no {filename} in {data_dir} (or its omniglot/, gmn_28x28/)")
-    try:
-      arrays = np.load(path)
-      names = sorted(arrays.files)
-      images = np.stack([arrays[k] for k in names])
-    except Exception as e:  # A truncated or foreign file.
-      raise DataError(f"gmn28 source: cannot read {path} as an npz of (20, 784) uint8 arrays: {e}") from e
-    if images.shape[1:] != (NUM_DRAWERS, IMAGE_SIZE * IMAGE_SIZE) or images.dtype != np.uint8:
-      raise DataError(f"gmn28 source: {path} holds {images.shape[1:]} {images.dtype} arrays, expected (20, 784) uint8")
-    if not all(n.startswith(part + "/") for n in names):
-      raise DataError(f"gmn28 source: keys in {path} must start with '{part}/', got e.g. {names[0]!r}")
-    # The file stores background = 255, ink = 0.
-    ink = 255 - images.reshape(-1, NUM_DRAWERS, IMAGE_SIZE, IMAGE_SIZE)
-    result[part] = CharacterSet(tuple(names), ink)
-  return result
+    """Reads the GMN paper's arrays. Returns {BACKGROUND: CharacterSet, EVALUATION: ...}."""
+    data_dir = pathlib.Path(data_dir)
+    result = {}
+    for part, filename in _GMN_FILES.items():
+        path = _find(data_dir, [filename])
+        if path is None:
+            raise DataError(f"gmn28 source: no {filename} in {data_dir} (or its omniglot/, gmn_28x28/)")
+        try:
+            arrays = np.load(path)
+            names = sorted(arrays.files)
+            images = np.stack([arrays[k] for k in names])
+        except Exception as e:  # A truncated or foreign file.
+            raise DataError(f"gmn28 source: cannot read {path} as an npz of (20, 784) uint8 arrays: {e}") from e
+        if images.shape[1:] != (NUM_DRAWERS, IMAGE_SIZE * IMAGE_SIZE) or images.dtype != np.uint8:
+            raise DataError(
+                f"gmn28 source: {path} holds {images.shape[1:]} {images.dtype} arrays, expected (20, 784) uint8"
+            )
+        if not all(n.startswith(part + "/") for n in names):
+            raise DataError(f"gmn28 source: keys in {path} must start with '{part}/', got e.g. {names[0]!r}")
+        # The file stores background = 255, ink = 0.
+        ink = 255 - images.reshape(-1, NUM_DRAWERS, IMAGE_SIZE, IMAGE_SIZE)
+        result[part] = CharacterSet(tuple(names), ink)
+    return result
 
 
 _PNG_NAME = re.compile(r"(?:^|/)(images_(?:background|evaluation))/([^/]+)/(character\d+)/(\d{4})_(\d{2})\.png$")
 
 
 def _upstream_files(path: pathlib.Path):
-  """Yields (character name, drawer, png bytes reader) from a zip or an unpacked folder."""
-  if path.suffix == ".zip":
-    try:
-      archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-      raise DataError(f"upstream source: {path} is not a readable zip: {e}") from e
-    for member in archive.namelist():
-      match = _PNG_NAME.search(member)
-      if match:
-        yield f"{match[1]}/{match[2]}/{match[3]}", int(match[5]), lambda m=member: archive.read(m)
-  else:
-    for file in path.rglob("*.png"):
-      match = _PNG_NAME.search(file.as_posix())
-      if match:
-        yield f"{match[1]}/{match[2]}/{match[3]}", int(match[5]), file.read_bytes
+    """Yields (character name, drawer, png bytes reader) from a zip or an unpacked folder."""
+    if path.suffix == ".zip":
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"upstream source: {path} is not a readable zip: {e}") from e
+        for member in archive.namelist():
+            match = _PNG_NAME.search(member)
+            if match:
+                yield f"{match[1]}/{match[2]}/{match[3]}", int(match[5]), lambda m=member: archive.read(m)
+    else:
+        for file in path.rglob("*.png"):
+            match = _PNG_NAME.search(file.as_posix())
+            if match:
+                yield f"{match[1]}/{match[2]}/{match[3]}", int(match[5]), file.read_bytes
 
 
 def _fingerprint(paths) -> str:
-  digest = hashlib.sha256()
-  for path in paths:
-    stat = path.stat()
-    digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-  return digest.hexdigest()[:16]
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def decode_to_28(pngs: list, channels: int = 1) -> np.ndarray:
-  """Decodes upstream-polarity PNGs (white background) to 28x28 uint8 ink levels.
+    """Decodes upstream-polarity PNGs (white background) to 28x28 uint8 ink levels.
 
-  Args:
-    pngs: encoded PNG bytes, 105x105 (any size works), 1 or 3 channels.
-    channels: channels to decode to before averaging.
+    Args:
+      pngs: encoded PNG bytes, 105x105 (any size works), 1 or 3 channels.
+      channels: channels to decode to before averaging.
 
-  Returns:
-    uint8 [len(pngs), 28, 28], 255 = ink; area-downsampled grey levels.
-  """
-  import tensorflow as tf
+    Returns:
+      uint8 [len(pngs), 28, 28], 255 = ink; area-downsampled grey levels.
+    """
+    import tensorflow as tf
 
-  def decode(png):
-    image = tf.cast(tf.io.decode_png(png, channels=channels), tf.float32)
-    ink = 1.0 - tf.reduce_mean(image, axis=-1, keepdims=True) / 255.0
-    small = tf.image.resize(ink, [IMAGE_SIZE, IMAGE_SIZE], method="area")
-    return tf.cast(tf.round(small[..., 0] * 255.0), tf.uint8)
+    def decode(png):
+        image = tf.cast(tf.io.decode_png(png, channels=channels), tf.float32)
+        ink = 1.0 - tf.reduce_mean(image, axis=-1, keepdims=True) / 255.0
+        small = tf.image.resize(ink, [IMAGE_SIZE, IMAGE_SIZE], method="area")
+        return tf.cast(tf.round(small[..., 0] * 255.0), tf.uint8)
 
-  dataset = tf.data.Dataset.from_tensor_slices(tf.constant(pngs, dtype=tf.string))
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(1024)
-  return np.concatenate([batch.numpy() for batch in dataset]) if pngs else np.zeros((0, 28, 28), np.uint8)
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(pngs, dtype=tf.string))
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(1024)
+    return np.concatenate([batch.numpy() for batch in dataset]) if pngs else np.zeros((0, 28, 28), np.uint8)
 
 
 def _group_by_character(entries, images, where) -> CharacterSet:
-  by_name = {}
-  for (name, drawer), image in zip(entries, images):
-    by_name.setdefault(name, {})[drawer] = image
-  names = sorted(by_name)
-  bad = [n for n in names if len(by_name[n]) != NUM_DRAWERS]
-  if bad:
-    raise DataError(f"{where}: characters must have {NUM_DRAWERS} drawings; {bad[0]} has {len(by_name[bad[0]])}")
-  stacked = np.stack([np.stack([by_name[n][d] for d in sorted(by_name[n])]) for n in names])
-  return CharacterSet(tuple(names), stacked)
+    by_name = {}
+    for (name, drawer), image in zip(entries, images):
+        by_name.setdefault(name, {})[drawer] = image
+    names = sorted(by_name)
+    bad = [n for n in names if len(by_name[n]) != NUM_DRAWERS]
+    if bad:
+        raise DataError(f"{where}: characters must have {NUM_DRAWERS} drawings; {bad[0]} has {len(by_name[bad[0]])}")
+    stacked = np.stack([np.stack([by_name[n][d] for d in sorted(by_name[n])]) for n in names])
+    return CharacterSet(tuple(names), stacked)
 
 
 def default_cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("ONESHOT_TF_CACHE_DIR", pathlib.Path.home() / ".cache" / "oneshot_tf"))
+    return pathlib.Path(os.environ.get("ONESHOT_TF_CACHE_DIR", pathlib.Path.home() / ".cache" / "oneshot_tf"))
 
 
 def load_upstream(data_dir, cache_dir=None) -> dict:
-  """Reads upstream zips or folders, decoding once and caching the 28x28 arrays."""
-  data_dir = pathlib.Path(data_dir)
-  cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-  result = {}
-  for part in (BACKGROUND, EVALUATION):
-    path = _find(data_dir, [part + ".zip", part])
-    if path is None:
-      raise DataError(f"upstream source: neither {part}.zip nor {part}/ in {data_dir} (or its omniglot/)")
-    cache = cache_dir / f"{part}_{_fingerprint([path])}.npz"
-    if cache.exists():
-      with np.load(cache) as cached:
-        result[part] = CharacterSet(tuple(cached["names"].tolist()), cached["images"])
-      continue
-    files = list(_upstream_files(path))
-    if not files:
-      raise DataError(f"upstream source: {path} holds no {part}/<Alphabet>/<characterNN>/NNNN_DD.png files")
-    images = decode_to_28([read() for _, _, read in files])
-    result[part] = _group_by_character([(n, d) for n, d, _ in files], images, str(path))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial.npz")
-    np.savez(partial, names=np.array(result[part].names), images=result[part].images)
-    os.replace(partial, cache)
-  return result
+    """Reads upstream zips or folders, decoding once and caching the 28x28 arrays."""
+    data_dir = pathlib.Path(data_dir)
+    cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+    result = {}
+    for part in (BACKGROUND, EVALUATION):
+        path = _find(data_dir, [part + ".zip", part])
+        if path is None:
+            raise DataError(f"upstream source: neither {part}.zip nor {part}/ in {data_dir} (or its omniglot/)")
+        cache = cache_dir / f"{part}_{_fingerprint([path])}.npz"
+        if cache.exists():
+            with np.load(cache) as cached:
+                result[part] = CharacterSet(tuple(cached["names"].tolist()), cached["images"])
+            continue
+        files = list(_upstream_files(path))
+        if not files:
+            raise DataError(f"upstream source: {path} holds no {part}/<Alphabet>/<characterNN>/NNNN_DD.png files")
+        images = decode_to_28([read() for _, _, read in files])
+        result[part] = _group_by_character([(n, d) for n, d, _ in files], images, str(path))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial.npz")
+        np.savez(partial, names=np.array(result[part].names), images=result[part].images)
+        os.replace(partial, cache)
+    return result
 
 
 def tfds_to_characters(dataset, alphabet_names, part: str) -> CharacterSet:
-  """Groups tfds `omniglot` examples (105x105x3 uint8) into a CharacterSet.
+    """Groups tfds `omniglot` examples (105x105x3 uint8) into a CharacterSet.
 
-  Args:
-    dataset: a tf.data.Dataset of dicts with `image` [105, 105, 3], `alphabet`
-      (index into alphabet_names) and `alphabet_char_id` (0-based).
-    alphabet_names: names of the tfds `alphabet` ClassLabel.
-    part: BACKGROUND or EVALUATION, the name prefix.
-  """
-  import tensorflow as tf
+    Args:
+      dataset: a tf.data.Dataset of dicts with `image` [105, 105, 3], `alphabet`
+        (index into alphabet_names) and `alphabet_char_id` (0-based).
+      alphabet_names: names of the tfds `alphabet` ClassLabel.
+      part: BACKGROUND or EVALUATION, the name prefix.
+    """
+    import tensorflow as tf
 
-  entries, pngs, counts = [], [], {}
-  for example in dataset.as_numpy_iterator():
-    name = f"{part}/{alphabet_names[example['alphabet']]}/character{example['alphabet_char_id'] + 1:02d}"
-    counts[name] = counts.get(name, 0) + 1
-    entries.append((name, counts[name]))
-    pngs.append(tf.io.encode_png(example["image"]).numpy())
-  return _group_by_character(entries, decode_to_28(pngs, channels=3), f"tfds omniglot ({part})")
+    entries, pngs, counts = [], [], {}
+    for example in dataset.as_numpy_iterator():
+        name = f"{part}/{alphabet_names[example['alphabet']]}/character{example['alphabet_char_id'] + 1:02d}"
+        counts[name] = counts.get(name, 0) + 1
+        entries.append((name, counts[name]))
+        pngs.append(tf.io.encode_png(example["image"]).numpy())
+    return _group_by_character(entries, decode_to_28(pngs, channels=3), f"tfds omniglot ({part})")
 
 
 def load_tfds(data_dir, download: bool = False, cache_dir=None) -> dict:
-  """Reads the tfds `omniglot` builder's train (background) and test (evaluation) splits."""
-  import tensorflow_datasets as tfds
+    """Reads the tfds `omniglot` builder's train (background) and test (evaluation) splits."""
+    import tensorflow_datasets as tfds
 
-  builder = tfds.builder("omniglot", data_dir=str(data_dir) if data_dir else None)
-  if not download and not builder.is_prepared():
-    raise DataError(
-      f"tfds source: omniglot is not prepared in {builder.data_dir} and downloading is off "
-      "(set --config.data.tfds_download=True on a machine with internet)"
+    builder = tfds.builder("omniglot", data_dir=str(data_dir) if data_dir else None)
+    if not download and not builder.is_prepared():
+        raise DataError(
+            f"tfds source: omniglot is not prepared in {builder.data_dir} and downloading is off "
+            "(set --config.data.tfds_download=True on a machine with internet)"
+        )
+    if download:
+        builder.download_and_prepare()
+    cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = cache_dir / f"tfds_{hashlib.sha256(builder.data_dir.encode()).hexdigest()[:16]}.npz"
+    if cache.exists():
+        with np.load(cache) as cached:
+            return {p: CharacterSet(tuple(cached[p + "_names"].tolist()), cached[p]) for p in (BACKGROUND, EVALUATION)}
+    names = builder.info.features["alphabet"].names
+    result = {
+        BACKGROUND: tfds_to_characters(builder.as_dataset(split="train"), names, BACKGROUND),
+        EVALUATION: tfds_to_characters(builder.as_dataset(split="test"), names, EVALUATION),
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial.npz")
+    np.savez(
+        partial,
+        **{p: s.images for p, s in result.items()},
+        **{p + "_names": np.array(s.names) for p, s in result.items()},
     )
-  if download:
-    builder.download_and_prepare()
-  cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-  cache = cache_dir / f"tfds_{hashlib.sha256(builder.data_dir.encode()).hexdigest()[:16]}.npz"
-  if cache.exists():
-    with np.load(cache) as cached:
-      return {p: CharacterSet(tuple(cached[p + "_names"].tolist()), cached[p]) for p in (BACKGROUND, EVALUATION)}
-  names = builder.info.features["alphabet"].names
-  result = {
-    BACKGROUND: tfds_to_characters(builder.as_dataset(split="train"), names, BACKGROUND),
-    EVALUATION: tfds_to_characters(builder.as_dataset(split="test"), names, EVALUATION),
-  }
-  cache_dir.mkdir(parents=True, exist_ok=True)
-  partial = cache.with_suffix(".partial.npz")
-  np.savez(partial, **{p: s.images for p, s in result.items()}, **{p + "_names": np.array(s.names) for p, s in result.items()})
-  os.replace(partial, cache)
-  return result
+    os.replace(partial, cache)
+    return result
 
 
 def resolve_source(source: str, data_dir) -> str:
-  """Picks a concrete source for `auto`: gmn28, then upstream, then tfds."""
-  if source not in SOURCES:
-    raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
-  if source != "auto":
-    return source
-  data_dir = pathlib.Path(data_dir)
-  if _find(data_dir, [_GMN_FILES[BACKGROUND]]):
-    return "gmn28"
-  if _find(data_dir, [BACKGROUND + ".zip", BACKGROUND]):
-    return "upstream"
-  if (data_dir / "omniglot").is_dir() and any((data_dir / "omniglot").glob("*/dataset_info.json")):
-    return "tfds"
-  raise DataError(
-    f"no Omniglot source in {data_dir}: expected gmn_28x28/train_small.npz, "
-    "images_background.zip (or folder), or a prepared tfds omniglot/ dataset"
-  )
+    """Picks a concrete source for `auto`: gmn28, then upstream, then tfds."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
+    if source != "auto":
+        return source
+    data_dir = pathlib.Path(data_dir)
+    if _find(data_dir, [_GMN_FILES[BACKGROUND]]):
+        return "gmn28"
+    if _find(data_dir, [BACKGROUND + ".zip", BACKGROUND]):
+        return "upstream"
+    if (data_dir / "omniglot").is_dir() and any((data_dir / "omniglot").glob("*/dataset_info.json")):
+        return "tfds"
+    raise DataError(
+        f"no Omniglot source in {data_dir}: expected gmn_28x28/train_small.npz, "
+        "images_background.zip (or folder), or a prepared tfds omniglot/ dataset"
+    )
 
 
 def load_source(source: str, data_dir, *, tfds_download: bool = False, cache_dir=None) -> dict:
-  """Loads both halves of Omniglot. Returns {BACKGROUND: CharacterSet, EVALUATION: CharacterSet}."""
-  if data_dir is not None and not pathlib.Path(data_dir).is_dir():
-    raise DataError(f"data directory {data_dir} does not exist")
-  source = resolve_source(source, data_dir)
-  if source == "gmn28":
-    return load_gmn28(data_dir)
-  if source == "upstream":
-    return load_upstream(data_dir, cache_dir)
-  return load_tfds(data_dir, download=tfds_download, cache_dir=cache_dir)
+    """Loads both halves of Omniglot. Returns {BACKGROUND: CharacterSet, EVALUATION: CharacterSet}."""
+    if data_dir is not None and not pathlib.Path(data_dir).is_dir():
+        raise DataError(f"data directory {data_dir} does not exist")
+    source = resolve_source(source, data_dir)
+    if source == "gmn28":
+        return load_gmn28(data_dir)
+    if source == "upstream":
+        return load_upstream(data_dir, cache_dir)
+    return load_tfds(data_dir, download=tfds_download, cache_dir=cache_dir)
 
 
 # ----------------------------------------------------------------------------- splits
 
 
 def _vinyals(halves: dict, data_dir, split_dir=None) -> dict:
-  split_dir = pathlib.Path(split_dir) if split_dir else _find(pathlib.Path(data_dir), ["splits/vinyals"])
-  if split_dir is None or not (split_dir / "train.txt").exists():
-    raise DataError(f"vinyals split: no splits/vinyals/{{train,val,test}}.txt under {data_dir} (or its omniglot/)")
-  everything = _merge(halves[BACKGROUND], halves[EVALUATION])
-  by_alphabet_char = {n.split("/", 1)[1]: i for i, n in enumerate(everything.names)}
-  result = {}
-  for part in ("train", "val", "test"):
-    lines = [line.strip() for line in (split_dir / f"{part}.txt").read_text().splitlines() if line.strip()]
-    names, images = [], []
-    for line in lines:
-      character, rotation = line.rsplit("/", 1)
-      if character not in by_alphabet_char or not re.fullmatch(r"rot\d{3}", rotation):
-        raise DataError(f"vinyals split: {split_dir / (part + '.txt')} has unknown entry {line!r}")
-      source_index = by_alphabet_char[character]
-      names.append(f"{everything.names[source_index]}/{rotation}")
-      # rot090 is a 90 degree counter-clockwise turn, as np.rot90.
-      images.append(np.rot90(everything.images[source_index], k=int(rotation[3:]) // 90, axes=(1, 2)))
-    result[part] = CharacterSet(tuple(names), np.ascontiguousarray(np.stack(images)))
-  return result
+    split_dir = pathlib.Path(split_dir) if split_dir else _find(pathlib.Path(data_dir), ["splits/vinyals"])
+    if split_dir is None or not (split_dir / "train.txt").exists():
+        raise DataError(f"vinyals split: no splits/vinyals/{{train,val,test}}.txt under {data_dir} (or its omniglot/)")
+    everything = _merge(halves[BACKGROUND], halves[EVALUATION])
+    by_alphabet_char = {n.split("/", 1)[1]: i for i, n in enumerate(everything.names)}
+    result = {}
+    for part in ("train", "val", "test"):
+        lines = [line.strip() for line in (split_dir / f"{part}.txt").read_text().splitlines() if line.strip()]
+        names, images = [], []
+        for line in lines:
+            character, rotation = line.rsplit("/", 1)
+            if character not in by_alphabet_char or not re.fullmatch(r"rot\d{3}", rotation):
+                raise DataError(f"vinyals split: {split_dir / (part + '.txt')} has unknown entry {line!r}")
+            source_index = by_alphabet_char[character]
+            names.append(f"{everything.names[source_index]}/{rotation}")
+            # rot090 is a 90 degree counter-clockwise turn, as np.rot90.
+            images.append(np.rot90(everything.images[source_index], k=int(rotation[3:]) // 90, axes=(1, 2)))
+        result[part] = CharacterSet(tuple(names), np.ascontiguousarray(np.stack(images)))
+    return result
 
 
 def load_splits(
-  source: str = "auto",
-  data_dir=None,
-  *,
-  split: str = "lake",
-  num_val_characters: int = 50,
-  seed: int = 0,
-  tfds_download: bool = False,
-  cache_dir=None,
+    source: str = "auto",
+    data_dir=None,
+    *,
+    split: str = "lake",
+    num_val_characters: int = 50,
+    seed: int = 0,
+    tfds_download: bool = False,
+    cache_dir=None,
 ) -> dict:
-  """Loads train / val / test CharacterSets.
+    """Loads train / val / test CharacterSets.
 
-  Args:
-    source: one of SOURCES.
-    data_dir: folder holding the source (and splits/vinyals for `vinyals`).
-    split: `lake` (background vs evaluation alphabets) or `vinyals`.
-    num_val_characters: for `lake`, training characters held out for validation
-      (chosen with `seed`); `vinyals` has its own validation file.
-    seed: seed for the validation carve-out.
+    Args:
+      source: one of SOURCES.
+      data_dir: folder holding the source (and splits/vinyals for `vinyals`).
+      split: `lake` (background vs evaluation alphabets) or `vinyals`.
+      num_val_characters: for `lake`, training characters held out for validation
+        (chosen with `seed`); `vinyals` has its own validation file.
+      seed: seed for the validation carve-out.
 
-  Returns:
-    {"train": CharacterSet, "val": CharacterSet, "test": CharacterSet}.
-  """
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-  halves = load_source(source, data_dir, tfds_download=tfds_download, cache_dir=cache_dir)
-  if split == "vinyals":
-    return _vinyals(halves, data_dir)
-  background = halves[BACKGROUND]
-  if not 0 <= num_val_characters < len(background):
-    raise ValueError(f"num_val_characters={num_val_characters} must be in [0, {len(background)})")
-  order = np.random.default_rng(seed).permutation(len(background))
-  val = sorted(order[:num_val_characters])
-  train = sorted(order[num_val_characters:])
-  return {
-    "train": CharacterSet(tuple(background.names[i] for i in train), background.images[train]),
-    "val": CharacterSet(tuple(background.names[i] for i in val), background.images[val]),
-    "test": halves[EVALUATION],
-  }
-
+    Returns:
+      {"train": CharacterSet, "val": CharacterSet, "test": CharacterSet}.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    halves = load_source(source, data_dir, tfds_download=tfds_download, cache_dir=cache_dir)
+    if split == "vinyals":
+        return _vinyals(halves, data_dir)
+    background = halves[BACKGROUND]
+    if not 0 <= num_val_characters < len(background):
+        raise ValueError(f"num_val_characters={num_val_characters} must be in [0, {len(background)})")
+    order = np.random.default_rng(seed).permutation(len(background))
+    val = sorted(order[:num_val_characters])
+    train = sorted(order[num_val_characters:])
+    return {
+        "train": CharacterSet(tuple(background.names[i] for i in train), background.images[train]),
+        "val": CharacterSet(tuple(background.names[i] for i in val), background.images[val]),
+        "test": halves[EVALUATION],
+    }

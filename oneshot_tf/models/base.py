@@ -89,9 +89,7 @@ class FewShotModel(keras.Model):
         check_images(episodes, 5, "episodes")
         num_items = episodes.shape[1]
         seeds = tf.random.experimental.stateless_split(seed, num_items)
-        columns = [
-            self.log_weights(episodes[:, :t], episodes[:, t], num_samples, seeds[t]) for t in range(num_items)
-        ]
+        columns = [self.log_weights(episodes[:, :t], episodes[:, t], num_samples, seeds[t]) for t in range(num_items)]
         return tf.stack(columns, axis=-1)
 
     def sample(self, support: tf.Tensor, seed: tf.Tensor) -> tuple:

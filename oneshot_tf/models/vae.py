@@ -58,9 +58,7 @@ class Vae(base.FewShotModel):
         self.decoder = layers.make_decoder(architecture, hidden_sizes, activation)
         self.bottom_posterior = layers.NormalHead(latent_sizes[0])
         # q(z_{l+1} | z_l) and p(z_l | z_{l+1}) for l = 1 .. L-1.
-        self.upper_posteriors = [
-            layers.GaussianMlp(upper_hidden_sizes, size, activation) for size in latent_sizes[1:]
-        ]
+        self.upper_posteriors = [layers.GaussianMlp(upper_hidden_sizes, size, activation) for size in latent_sizes[1:]]
         self.lower_priors = [layers.GaussianMlp(upper_hidden_sizes, size, activation) for size in latent_sizes[:-1]]
 
     def _log_weights(self, images: tf.Tensor, num_samples, seed: tf.Tensor, training: bool) -> tf.Tensor:
@@ -104,5 +102,3 @@ class Vae(base.FewShotModel):
         for layer, layer_seed in zip(reversed(self.lower_priors), reversed(seeds[:-1])):
             z = layer(z).sample(seed=layer_seed)
         return tf.sigmoid(tf.cast(self.decoder(z), tf.float32))
-
-

@@ -1,0 +1,152 @@
+"""End-to-end: train, resume, evaluate, sample, export on the tiny configs."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+
+from oneshot_tf import main, train
+from tests import helpers
+
+
+def _checkpoint_steps(workdir) -> list:
+    return sorted(
+        int(p.name.split("-")[1].split(".")[0]) for p in pathlib.Path(workdir, "checkpoints").glob("ckpt-*.index")
+    )
+
+
+class EndToEndTest(tf.test.TestCase):
+    def test_all_modes_write_the_workdir(self):
+        config = helpers.tiny_config("iwae")
+        workdir = pathlib.Path(self.create_tempdir())
+        main.run_modes("all", config, workdir, helpers.DATA_DIR)
+
+        result = json.loads((workdir / "eval.json").read_text())
+        for key in ("model", "source", "split", "c_test", "episodes", "num_samples", "seed", "checkpoint_step"):
+            self.assertIn(key, result)
+        self.assertEqual(result["source"], "gmn28")
+        self.assertEqual(result["checkpoint_step"], 2)
+        self.assertEqual([row["t"] for row in result["per_shot"]], list(range(1, 11)))
+        for row in result["per_shot"]:
+            self.assertTrue(np.isfinite(row["log_prob"]) and row["log_prob"] < 0)
+            self.assertGreater(row["stderr"], 0)
+            self.assertAllClose(row["bits_per_dim"], -row["log_prob"] / (784 * np.log(2)), atol=1e-4)
+
+        png = tf.io.decode_png((workdir / "samples" / "samples_step2.png").read_bytes())
+        rows = config.sample.rows
+        self.assertEqual(png.shape[0], rows * 30 + 2)
+        self.assertTrue(list((workdir / "tensorboard" / "train").glob("events.*")))
+
+        exported = workdir / "export" / "iwae" / "1"
+        self.assertTrue((exported / "saved_model.pb").exists())
+        loaded = tf.saved_model.load(str(exported))
+        support = tf.zeros([2, 3, 28, 28, 1])
+        a = loaded.signatures["sample"](support=support, seed=tf.constant([1, 2]))
+        b = loaded.signatures["serving_default"](support=support, seed=tf.constant([1, 2]))
+        self.assertAllEqual(a["images"], b["images"])
+        self.assertEqual(a["probs"].shape, (2, 28, 28, 1))
+        log_prob = loaded.signatures["log_prob"](
+            support=support, query=tf.zeros([2, 28, 28, 1]), num_samples=tf.constant(4), seed=tf.constant([0, 0])
+        )["log_prob"]
+        self.assertEqual(log_prob.shape, (2,))
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r"values must be in \[0, 1\]"):
+            loaded.signatures["sample"](support=support + 2.0, seed=tf.constant([1, 2]))
+        # A second export is a new version.
+        main.run_modes("export", config, workdir, helpers.DATA_DIR)
+        self.assertTrue((workdir / "export" / "iwae" / "2" / "saved_model.pb").exists())
+
+    def test_rerun_resumes_from_the_checkpoint(self):
+        config = helpers.tiny_config("vae")
+        workdir = self.create_tempdir().full_path
+        self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 2)
+        config.train.steps = 5
+        self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 5)
+        self.assertIn(5, _checkpoint_steps(workdir))
+        # Already there: nothing more to do.
+        self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 5)
+
+    def test_learning_rate_schedules(self):
+        config = helpers.tiny_config("iwae")
+        config.train.steps = 3280
+        schedule = train.make_schedule(config.train)
+        self.assertAllClose(float(schedule(0)), 1e-3)
+        self.assertAllClose(float(schedule(3279)), 1e-3 * 10 ** (-1.0), rtol=1e-5)
+        config.train.schedule = "linear"
+        with self.assertRaisesRegex(ValueError, "valid: constant, cosine, exponential, burda"):
+            train.make_schedule(config.train)
+
+
+def _run_main(*args, timeout=300, **popen):
+    env = dict(os.environ, ONESHOT_TF_DATA_DIR=str(helpers.DATA_DIR))
+    return subprocess.Popen(
+        [sys.executable, "-m", "oneshot_tf.main", *args],
+        cwd=helpers.REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+class CommandLineTest(tf.test.TestCase):
+    def test_sigterm_saves_and_rerun_continues(self):
+        workdir = self.create_tempdir().full_path
+        common = [
+            "--model=vae",
+            "--config=configs/vae.py:tiny",
+            "--config.data.source=gmn28",
+            "--config.train.steps_per_loop=5",
+            "--config.train.eval_every=0",
+            f"--workdir={workdir}",
+            "--mode=train",
+        ]
+        process = _run_main(*common, "--config.train.steps=1000000")
+        lines = []
+        deadline = time.time() + 240
+        for line in process.stdout:
+            lines.append(line)
+            if "step 10/" in line or time.time() > deadline:
+                break
+        process.send_signal(signal.SIGTERM)
+        output = "".join(lines) + process.communicate(timeout=120)[0]
+        self.assertEqual(process.returncode, 128 + signal.SIGTERM, output)
+        self.assertIn("checkpoint saved, run again to resume", output)
+        saved = max(_checkpoint_steps(workdir))
+        self.assertGreaterEqual(saved, 10)
+
+        process = _run_main(*common, f"--config.train.steps={saved + 5}")
+        output = process.communicate(timeout=240)[0]
+        self.assertEqual(process.returncode, 0, output)
+        self.assertIn(f"at step {saved}", output)
+        self.assertIn(f"Trained to step {saved + 5}", output)
+
+    def test_bad_flags_give_clear_errors(self):
+        cases = [
+            (["--model=gan"], "one of <iwae|vae>"),
+            (["--model=vae", "--mode=serve"], "one of <train|eval|sample|export|all>"),
+            (
+                ["--model=vae", "--data_dir=/nonexistent/omniglot"],
+                "data directory /nonexistent/omniglot does not exist",
+            ),
+            (["--model=vae", "--config=configs/iwae.py:tiny"], "--model=vae but the config is for 'iwae'"),
+            (["--model=vae", "--config=configs/vae.py:huge"], "unknown config variant 'huge'"),
+            (["--model=vae", "--config=configs/vae.py:tiny", "--config.train.stepz=3"], "stepz"),
+            (["--model=vae", "--mode=eval", "--workdir=/nonexistent/run"], "no checkpoint in /nonexistent/run"),
+        ]
+        processes = [(_run_main(*args), expected) for args, expected in cases]
+        for process, expected in processes:
+            output = process.communicate(timeout=240)[0]
+            self.assertNotEqual(process.returncode, 0, output)
+            self.assertIn(expected, output)
+
+
+if __name__ == "__main__":
+    absltest.main()
