@@ -72,6 +72,19 @@ class EndToEndTest(tf.test.TestCase):
         # Already there: nothing more to do.
         self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 5)
 
+    def test_same_seed_same_run(self):
+        results = []
+        for seed in (0, 0, 1):
+            config = helpers.tiny_config("iwae")
+            config.seed = seed
+            config.train.steps = 3
+            workdir = self.create_tempdir().full_path
+            main.run_modes("train", config, workdir, helpers.DATA_DIR)
+            main.run_modes("eval", config, workdir, helpers.DATA_DIR)
+            results.append(json.loads(pathlib.Path(workdir, "eval.json").read_text())["per_shot"])
+        self.assertEqual(results[0], results[1])
+        self.assertNotEqual(results[0], results[2])
+
     def test_learning_rate_schedules(self):
         config = helpers.tiny_config("iwae")
         config.train.steps = 3280
