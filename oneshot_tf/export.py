@@ -16,18 +16,39 @@ from absl import logging
 
 from oneshot_tf import workdir as workdir_lib
 
-_SUPPORT = tf.TensorSpec([None, None, 28, 28, 1], tf.float32, name="support")
-_QUERY = tf.TensorSpec([None, 28, 28, 1], tf.float32, name="query")
+# Shapes are checked inside the graph rather than declared, so every loader (Python,
+# saved_model_cli, TF Serving) reports a wrong rank or size with the same message.
+_SUPPORT = tf.TensorSpec(None, tf.float32, name="support")
+_QUERY = tf.TensorSpec(None, tf.float32, name="query")
 _SEED = tf.TensorSpec([2], tf.int32, name="seed")
 _NUM_SAMPLES = tf.TensorSpec([], tf.int32, name="num_samples")
+_SHAPES = {"support": "[batch, shots, 28, 28, 1]", "query": "[batch, 28, 28, 1]"}
 
 
-def _check_pixels(images: tf.Tensor, name: str) -> list:
-    return [
-        tf.debugging.assert_all_finite(images, f"{name} has NaN or Inf values"),
-        tf.debugging.assert_greater_equal(images, 0.0, message=f"{name} values must be in [0, 1] (ink = 1.0)"),
-        tf.debugging.assert_less_equal(images, 1.0, message=f"{name} values must be in [0, 1] (ink = 1.0)"),
-    ]
+def _require(condition: tf.Tensor, tensor: tf.Tensor, message: str) -> tf.Tensor:
+    """`tensor`, or an InvalidArgumentError with `message` if `condition` is false.
+
+    A data dependency (through tf.cond), not a control dependency: nothing computed
+    from the returned tensor can run, and fail less clearly, before the check.
+    """
+
+    def fail():
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.identity(tensor)
+
+    return tf.cond(condition, lambda: tf.identity(tensor), fail)
+
+
+def _checked(images: tf.Tensor, name: str) -> tf.Tensor:
+    """images, after run-time checks of shape and values, with its static shape set."""
+    rank = _SHAPES[name].count(",") + 1
+    message = f"{name} must be float32 {_SHAPES[name]} with values in [0, 1] (ink = 1.0)"
+    shape = tf.shape(images)
+    last_three = tf.concat([tf.zeros([3], tf.int32), shape], axis=0)[-3:]
+    shape_ok = tf.logical_and(tf.equal(tf.size(shape), rank), tf.reduce_all(tf.equal(last_three, [28, 28, 1])))
+    images = tf.ensure_shape(_require(shape_ok, images, message), [None] * (rank - 3) + [28, 28, 1])
+    images = _require(tf.reduce_all(tf.math.is_finite(images)), images, f"{name} has NaN or Inf values")
+    return _require(tf.reduce_all((images >= 0.0) & (images <= 1.0)), images, message)
 
 
 class Servable(tf.Module):
@@ -38,26 +59,20 @@ class Servable(tf.Module):
         self.model = model
         # Tracking the underlying tf.Variables lets the TF1 loader (saved_model_cli,
         # TF Serving) restore them; Keras 3 variables alone are not enough.
-        self.model_variables = [getattr(v, "value", v) for v in model.variables]
+        self.model_variables = [v.value for v in model.variables]
 
     @tf.function(input_signature=[_SUPPORT, _SEED])
     def sample(self, support, seed):
-        with tf.control_dependencies(_check_pixels(support, "support")):
-            probs, images = self.model.sample(tf.identity(support), seed)
+        probs, images = self.model.sample(_checked(support, "support"), seed)
         return {"probs": probs, "images": images}
 
     @tf.function(input_signature=[_SUPPORT, _QUERY, _NUM_SAMPLES, _SEED])
     def log_prob(self, support, query, num_samples, seed):
-        checks = _check_pixels(support, "support") + _check_pixels(query, "query")
-        checks.append(
-            tf.debugging.assert_equal(
-                tf.shape(support)[0], tf.shape(query)[0], message="support and query need the same batch size"
-            )
-        )
-        checks.append(tf.debugging.assert_positive(num_samples, message="num_samples must be >= 1"))
-        with tf.control_dependencies(checks):
-            log_prob = self.model.log_prob(tf.identity(support), tf.identity(query), num_samples, seed)
-        return {"log_prob": log_prob}
+        support, query = _checked(support, "support"), _checked(query, "query")
+        same_batch = tf.equal(tf.shape(support)[0], tf.shape(query)[0])
+        query = _require(same_batch, query, "support and query need the same batch size")
+        num_samples = _require(num_samples >= 1, num_samples, "num_samples must be >= 1")
+        return {"log_prob": self.model.log_prob(support, query, num_samples, seed)}
 
 
 def next_version(model_dir: pathlib.Path) -> int:
@@ -70,8 +85,9 @@ def export_model(model, export_root, model_name: str) -> pathlib.Path:
     model_dir = pathlib.Path(export_root) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir)
+    for stale in model_dir.glob(".partial-*"):  # Left by an interrupted export.
+        shutil.rmtree(stale, ignore_errors=True)
     partial = model_dir / f".partial-{version}"
-    shutil.rmtree(partial, ignore_errors=True)
     servable = Servable(model)
     signatures = {
         "serving_default": servable.sample.get_concrete_function(),
