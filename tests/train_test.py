@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
@@ -61,6 +62,20 @@ class EndToEndTest(tf.test.TestCase):
         # A second export is a new version.
         main.run_modes("export", config, workdir, helpers.DATA_DIR)
         self.assertTrue((workdir / "export" / "iwae" / "2" / "saved_model.pb").exists())
+
+    def test_mixed_bfloat16_runs_end_to_end(self):
+        config = helpers.tiny_config("iwae")
+        config.precision = "mixed_bfloat16"
+        workdir = pathlib.Path(self.create_tempdir())
+        try:
+            main.run_modes("all", config, workdir, helpers.DATA_DIR)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        rows = json.loads((workdir / "eval.json").read_text())["per_shot"]
+        self.assertTrue(all(np.isfinite(row["log_prob"]) and row["log_prob"] < 0 for row in rows))
+        loaded = tf.saved_model.load(str(workdir / "export" / "iwae" / "1"))
+        probs = loaded.signatures["sample"](support=tf.zeros([1, 2, 28, 28, 1]), seed=tf.constant([0, 0]))["probs"]
+        self.assertEqual(probs.dtype, tf.float32)
 
     def test_rerun_resumes_from_the_checkpoint(self):
         config = helpers.tiny_config("vae")
