@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import main, train
+from oneshot_tf import main, models, train
 from tests import helpers
 
 
@@ -158,7 +158,7 @@ class CommandLineTest(tf.test.TestCase):
 
     def test_bad_flags_give_clear_errors(self):
         cases = [
-            (["--model=gan"], "one of <iwae|vae>"),
+            (["--model=gan"], "one of <" + "|".join(sorted(models.MODELS)) + ">"),
             (["--model=vae", "--mode=serve"], "one of <train|eval|sample|export|all>"),
             (
                 ["--model=vae", "--data_dir=/nonexistent/omniglot"],

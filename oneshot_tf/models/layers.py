@@ -37,6 +37,31 @@ def batch_apply(fn, x: tf.Tensor, num_dims: int = 2):
     return split_leading(fn(merge_leading(x, num_dims)), leading)
 
 
+def encode_items(encoder, images: tf.Tensor, output_size: int, training: bool = False) -> tf.Tensor:
+    """Applies an image encoder to [..., 28, 28, 1] (1 or 2 leading dims) -> [..., output_size].
+
+    Handles zero items (a 0-shot support set) without calling the encoder: TF's conv
+    on an empty batch returns the wrong channel count.
+    """
+    num_leading = images.shape.rank - 3
+    leading = tf.shape(images)[:num_leading]
+    flat = merge_leading(images, num_leading)
+
+    def encode():
+        return encoder(flat, training=training)
+
+    def empty():
+        return tf.zeros([0, output_size], encoder.compute_dtype)
+
+    if flat.shape[0] == 0:
+        features = empty()
+    elif flat.shape[0] is not None:
+        features = encode()
+    else:
+        features = tf.cond(tf.shape(flat)[0] > 0, encode, empty)
+    return split_leading(features, leading)
+
+
 def bernoulli_images(logits: tf.Tensor) -> tfd.Distribution:
     """p(x | ...) with independent Bernoulli pixels, event shape [28, 28, 1]."""
     return tfd.Independent(tfd.Bernoulli(logits=tf.cast(logits, tf.float32)), reinterpreted_batch_ndims=3)
@@ -70,6 +95,22 @@ class NormalHead(keras.layers.Layer):
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(raw_scale) + self.min_scale)
 
 
+class FlatBatchNorm(keras.layers.Layer):
+    """Batch norm over every leading dim of [..., features], for any rank.
+
+    (keras.layers.BatchNormalization fixes the input rank at its first call; our
+    feature tensors are [B, T, F] in training and [K, B, F] in evaluation.)
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = keras.layers.BatchNormalization()
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        flat = tf.reshape(x, [-1, x.shape[-1]])
+        return tf.reshape(self.norm(flat, training=training), tf.shape(x))
+
+
 class Chain(keras.layers.Layer):
     """Applies layers in order, like keras.Sequential but without fixing the input rank.
 
@@ -82,7 +123,7 @@ class Chain(keras.layers.Layer):
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         for layer in self.chain:
-            if isinstance(layer, keras.layers.BatchNormalization):
+            if isinstance(layer, (keras.layers.BatchNormalization, FlatBatchNorm)):
                 x = layer(x, training=training)
             else:
                 x = layer(x)
@@ -130,6 +171,10 @@ class ConvEncoder(keras.layers.Layer):
 
     def __init__(self, channels=(32, 64, 128), convs_per_stage: int = 1, batch_norm: bool = True, **kwargs):
         super().__init__(**kwargs)
+        size = 28
+        for _ in channels:
+            size = (size + 1) // 2
+        self.output_size = size * size * channels[-1]
         blocks = []
         for c in channels:
             for i in range(convs_per_stage):
@@ -204,3 +249,88 @@ class GaussianMlp(keras.layers.Layer):
 def standard_normal(size: int) -> tfd.Distribution:
     """N(0, I) over `size` dims, float32, event shape [size]."""
     return tfd.MultivariateNormalDiag(loc=tf.zeros([size], tf.float32))
+
+
+def _conv_bn_elu(channels: int, *, kernel: int = 3, strides: int = 1, padding: str = "same", transpose=False):
+    conv = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    return [
+        conv(channels, kernel, strides=strides, padding=padding, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.Activation("elu"),
+    ]
+
+
+class UpConvDecoder(keras.layers.Layer):
+    """Code -> Bernoulli logits [N, 28, 28, 1] by 2x2 transposed convs, 4 -> 8 -> 16 -> 28.
+
+    Dense to [4, 4, channels[0]]; each stage is `convs_per_stage` 3x3 convs and a 2x2
+    stride-2 transposed conv; the last stage's last 3x3 conv is 'valid' (16 -> 14) so
+    the final transposed conv lands on 28. A 1x1 conv gives the logits. Batch norm and
+    ELU after every layer but the last (the Neural Statistician's Omniglot decoder).
+    """
+
+    def __init__(self, channels=(256, 128, 64), convs_per_stage: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if len(channels) != 3 or convs_per_stage < 1:
+            raise ValueError(f"UpConvDecoder needs 3 stage channels and convs_per_stage >= 1, got {channels}")
+        blocks = [
+            keras.layers.Dense(4 * 4 * channels[0], use_bias=False),
+            FlatBatchNorm(),
+            keras.layers.Activation("elu"),
+            keras.layers.Reshape((4, 4, channels[0])),
+        ]
+        for stage, c in enumerate(channels):
+            for i in range(convs_per_stage):
+                last = stage == len(channels) - 1 and i == convs_per_stage - 1
+                blocks += _conv_bn_elu(c, padding="valid" if last else "same")
+            blocks += _conv_bn_elu(c, kernel=2, strides=2, transpose=True)
+        blocks.append(keras.layers.Conv2D(1, 1))
+        self.net = Chain(blocks)
+
+    def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """code: [N, D] -> logits [N, 28, 28, 1]."""
+        return self.net(code, training=training)
+
+
+class ResidualBlock(keras.layers.Layer):
+    """x + f(x) with f = `num_layers` x [Dense + batch norm] (ELU between), then ELU.
+
+    Any leading dims: [..., width] -> [..., width].
+    """
+
+    def __init__(self, width: int, num_layers: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        chain = []
+        for i in range(num_layers):
+            chain += [keras.layers.Dense(width, use_bias=False), FlatBatchNorm()]
+            if i < num_layers - 1:
+                chain.append(keras.layers.Activation("elu"))
+        self.net = Chain(chain)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return tf.nn.elu(x + self.net(x, training=training))
+
+
+class ConditionalGaussian(keras.layers.Layer):
+    """Gaussian over `size` dims given several inputs: sum of Dense(width) of each
+    input, batch norm, ELU, a ResidualBlock, then a NormalHead.
+
+    Inputs share leading dims [...]; returns batch shape [...], event [size].
+    """
+
+    def __init__(self, width: int, size: int, num_inputs: int, *, residual_layers: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.projections = [keras.layers.Dense(width) for _ in range(num_inputs)]
+        self.norm = FlatBatchNorm()
+        self.residual = ResidualBlock(width, residual_layers)
+        self.head = NormalHead(size)
+
+    def call(self, inputs: list, training: bool = False) -> tfd.Distribution:
+        if len(inputs) != len(self.projections):
+            raise ValueError(f"expected {len(self.projections)} inputs, got {len(inputs)}")
+        # `+` broadcasts, so inputs may differ in leading dims ([B, T, F] with [K, B, T, C]).
+        hidden = self.projections[0](inputs[0])
+        for project, x in zip(self.projections[1:], inputs[1:]):
+            hidden = hidden + project(x)
+        hidden = tf.nn.elu(self.norm(hidden, training=training))
+        return self.head(self.residual(hidden, training=training))

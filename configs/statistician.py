@@ -1,0 +1,46 @@
+"""Neural Statistician, Omniglot model (Edwards & Storkey 2017).
+
+Architecture as the public PyTorch implementation's: 9 conv encoder, c of 512, one
+layer of z with 16 dims, up-conv decoder; sets of 5 drawings of one character,
+batch 32 sets, Adam 1e-3. Variants: default, quick, tiny.
+"""
+
+from configs import common
+
+
+def get_config(variant: str = "default"):
+    config = common.get_config()
+    config.model = "statistician"
+    config.model_kwargs.encoder_channels = (64, 128, 256)
+    # 3x3 convs per encoder stage (the last one strided): 28 -> 14 -> 7 -> 4.
+    config.model_kwargs.convs_per_stage = 3
+    config.model_kwargs.decoder_channels = (256, 128, 64)
+    config.model_kwargs.decoder_convs_per_stage = 2
+    config.model_kwargs.hidden_size = 256
+    config.model_kwargs.context_size = 512
+    config.model_kwargs.latent_size = 16
+    config.model_kwargs.num_latent_layers = 1
+    config.model_kwargs.residual_layers = 3
+    config.data.batch_size = 32
+    # Sets of 5 drawings of one character.
+    config.data.set_size = 5
+    config.data.num_classes = 1
+    config.train.steps = 300_000
+    config.train.eval_every = 5000
+    config.eval.batch_size = 10
+    config.eval.chunk_size = 100
+    if variant in ("quick", "tiny"):
+        small = variant == "quick"
+        config.model_kwargs.encoder_channels = (16, 32, 64) if small else (4, 4, 4)
+        config.model_kwargs.convs_per_stage = 1
+        config.model_kwargs.decoder_channels = (64, 32, 16) if small else (4, 4, 4)
+        config.model_kwargs.decoder_convs_per_stage = 1
+        config.model_kwargs.hidden_size = 64 if small else 8
+        config.model_kwargs.context_size = 32 if small else 4
+        config.model_kwargs.latent_size = 16 if small else 2
+        config.model_kwargs.residual_layers = 2
+    config = common.apply_variant(config, variant)
+    if variant == "quick":
+        config.train.steps = 1000
+        config.train.eval_every = 500
+    return config

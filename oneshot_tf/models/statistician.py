@@ -1,0 +1,206 @@
+"""The Neural Statistician (Edwards & Storkey 2017), Omniglot model.
+
+Generative story for a set D = {x_1..x_T} of drawings of one character:
+  c ~ p(c) = N(0, I)                       (the character, 512 dims)
+  z_i ~ p(z_i | c)  (L stochastic layers: p(z_i1 | c) p(z_i2 | c, z_i1) ...)
+  x_i ~ Bernoulli(decoder(z_i, c)).
+Recognition: a shared conv encoder h_i = f(x_i); the statistic network mean-pools
+item features into q(c | D) (order-free by construction); q(z_i | h_i, c).
+
+Bound (Eq. 3 of [1]), per set:
+  L(D) = sum_i E_q [log p(x_i | z_i, c) - KL(q(z_i | h_i, c) || p(z_i | c))]
+         - KL(q(c | D) || p(c)).
+Conditional density for the per-shot table (SPEC §3): c is drawn from q(c | x_<t)
+jointly with z inside the K importance samples,
+  log p(x_t | x_<t) ~= log 1/K sum_k p(x_t | z_k, c_k) p(z_k | c_k) / q(z_k | x_t, c_k),
+  c_k ~ q(c | x_<t) (p(c) when t = 1), z_k ~ q(z | x_t, c_k).
+
+#### References
+[1] Edwards & Storkey. Towards a Neural Statistician. ICLR 2017. arXiv:1606.02185
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from oneshot_tf.models import base, layers
+
+tfd = tfp.distributions
+
+
+class StatisticNetwork(keras.layers.Layer):
+    """q(c | D): per-item Dense + BN + ELU, mean over the set, MLP, Gaussian head.
+
+    For an empty set it returns the prior p(c) = N(0, I).
+    """
+
+    def __init__(self, width: int, context_size: int, num_post_layers: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.context_size = context_size
+        self.item = layers.Chain(
+            [keras.layers.Dense(width, use_bias=False), layers.FlatBatchNorm(), keras.layers.Activation("elu")]
+        )
+        post = []
+        for _ in range(num_post_layers):
+            post += [keras.layers.Dense(width, use_bias=False), layers.FlatBatchNorm()]
+            post.append(keras.layers.Activation("elu"))
+        self.post = layers.Chain(post)
+        self.head = layers.NormalHead(context_size)
+
+    def item_features(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Encoder features [..., F] -> per-item features [..., width], to be pooled."""
+        return self.item(features, training=training)
+
+    def from_pooled(self, pooled: tf.Tensor, count: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        """q(c | D) from the mean of item features `pooled` [..., width] over `count` items.
+
+        count: [...] or scalar, items in each set; where it is 0 the result is p(c).
+        """
+        posterior = self.head(self.post(pooled, training=training))
+        empty = tf.broadcast_to(tf.equal(count, 0), tf.shape(pooled)[:-1])[..., None]
+        loc = tf.where(empty, 0.0, posterior.mean())
+        scale = tf.where(empty, 1.0, posterior.stddev())
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
+
+    def call(self, features: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        """features: [batch, set_size, F] -> q(c | D), batch shape [batch], event [context_size]."""
+        items = tf.cast(self.item_features(features, training), tf.float32)
+        count = tf.shape(items)[1]
+        pooled = tf.reduce_sum(items, axis=1) / tf.cast(tf.maximum(count, 1), tf.float32)
+        return self.from_pooled(pooled, count, training)
+
+
+class NeuralStatistician(base.FewShotModel):
+    """Shared conv encoder, statistic network, L-layer latent z, up-conv decoder."""
+
+    def __init__(
+        self,
+        *,  # Makes all args keyword only.
+        encoder_channels=(64, 128, 256),
+        convs_per_stage: int = 3,
+        decoder_channels=(256, 128, 64),
+        decoder_convs_per_stage: int = 2,
+        hidden_size: int = 256,
+        context_size: int = 512,
+        latent_size: int = 16,
+        num_latent_layers: int = 1,
+        residual_layers: int = 3,
+        **kwargs,
+    ):
+        """Builds the networks.
+
+        Args:
+          encoder_channels, convs_per_stage: ConvEncoder stages (3 x 3 convs, 28 -> 4).
+          decoder_channels, decoder_convs_per_stage: UpConvDecoder stages.
+          hidden_size: width of the statistic network and the z networks.
+          context_size: dims of c.
+          latent_size: dims of each z layer.
+          num_latent_layers: L, stochastic layers of z.
+          residual_layers: Dense + BN layers in each residual block of the z networks.
+        """
+        super().__init__(**kwargs)
+        if num_latent_layers < 1:
+            raise ValueError(f"num_latent_layers must be >= 1, got {num_latent_layers}")
+        self.context_size = context_size
+        self.num_latent_layers = num_latent_layers
+        self.encoder = layers.ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
+        self.statistic = StatisticNetwork(hidden_size, context_size)
+        # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
+        self.posteriors = [
+            layers.ConditionalGaussian(hidden_size, latent_size, 2 + (l > 0), residual_layers=residual_layers)
+            for l in range(num_latent_layers)
+        ]
+        self.priors = [
+            layers.ConditionalGaussian(hidden_size, latent_size, 1 + (l > 0), residual_layers=residual_layers)
+            for l in range(num_latent_layers)
+        ]
+        self.decoder_z = keras.layers.Dense(hidden_size)
+        self.decoder_c = keras.layers.Dense(hidden_size)
+        self.decoder_norm = layers.FlatBatchNorm()
+        self.decoder = layers.UpConvDecoder(decoder_channels, decoder_convs_per_stage)
+
+    def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:
+        """[..., 28, 28, 1] with 1 or 2 leading dims -> features [..., F]."""
+        return layers.encode_items(self.encoder, images, self.encoder.output_size, training)
+
+    def context_posterior(self, sets: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        """q(c | D) for sets [batch, set_size, 28, 28, 1]: batch shape [batch], event [context]."""
+        base.check_images(sets, 5, "sets")
+        return self.statistic(self._encode(sets, training), training=training)
+
+    def _latents(self, features, context, seed, training: bool):
+        """z ~ q(z | h, c) layer by layer; returns (z concat [..., L*latent], log q - log p)."""
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, self.num_latent_layers))
+        latents, kl = [], 0.0
+        for posterior_net, prior_net, layer_seed in zip(self.posteriors, self.priors, seeds):
+            previous = latents[-1:]
+            posterior = posterior_net([features, context, *previous], training=training)
+            prior = prior_net([context, *previous], training=training)
+            z = posterior.sample(seed=layer_seed)
+            kl += posterior.log_prob(z) - prior.log_prob(z)
+            latents.append(z)
+        return tf.concat(latents, axis=-1), kl
+
+    def _prior_latents(self, context, seed, training: bool = False) -> tf.Tensor:
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, self.num_latent_layers))
+        latents = []
+        for prior_net, layer_seed in zip(self.priors, seeds):
+            latents.append(prior_net([context, *latents[-1:]], training=training).sample(seed=layer_seed))
+        return tf.concat(latents, axis=-1)
+
+    def _likelihood(self, latents: tf.Tensor, context: tf.Tensor, training: bool):
+        """p(x | z, c) for latents [..., L*latent] and context [..., context]."""
+        hidden = tf.nn.elu(self.decoder_norm(self.decoder_z(latents) + self.decoder_c(context), training=training))
+        num_leading = latents.shape.rank - 1
+        logits = layers.batch_apply(lambda h: self.decoder(h, training=training), hidden, num_leading)
+        return layers.bernoulli_images(logits)
+
+    def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
+        base.check_images(batch, 5, "batch")
+        c_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        features = self._encode(batch, training)  # [B, T, F]
+        q_c = self.statistic(features, training=training)
+        context = q_c.sample(seed=c_seed)  # [B, C]
+        items_context = tf.broadcast_to(context[:, None], tf.concat([tf.shape(features)[:2], [self.context_size]], 0))
+        latents, kl_z = self._latents(features, items_context, z_seed, training)
+        log_likelihood = self._likelihood(latents, items_context, training).log_prob(batch)  # [B, T]
+        kl_c = tfd.kl_divergence(q_c, layers.standard_normal(self.context_size))
+        return tf.reduce_sum(log_likelihood - kl_z, axis=1) - kl_c
+
+    def _log_weights_given_context(self, features, query, q_c, num_samples, seed) -> tf.Tensor:
+        """Joint importance weights: c_k ~ q_c, z_k ~ q(z | h, c_k). Shapes [K, ...]."""
+        c_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        context = q_c.sample(num_samples, seed=c_seed)  # [K, ..., C]
+        features = tf.broadcast_to(features, tf.concat([tf.shape(context)[:-1], tf.shape(features)[-1:]], 0))
+        latents, log_q_minus_log_p = self._latents(features, context, z_seed, training=False)
+        return self._likelihood(latents, context, training=False).log_prob(query) - log_q_minus_log_p
+
+    def log_weights(self, support: tf.Tensor, query: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        q_c = self.statistic(self._encode(support, False))  # p(c) when shots = 0
+        return self._log_weights_given_context(self._encode(query, False), query, q_c, num_samples, seed)
+
+    def prefix_context_posteriors(self, episodes: tf.Tensor) -> tuple:
+        """q(c | x_<t) for every t in one pass, from running means of item features.
+
+        Args:
+          episodes: [batch, T, 28, 28, 1].
+
+        Returns:
+          (q_c with batch shape [batch, T] (p(c) at t = 1), encoder features [batch, T, F]).
+        """
+        base.check_images(episodes, 5, "episodes")
+        features = self._encode(episodes, False)
+        items = tf.cast(self.statistic.item_features(features), tf.float32)  # [B, T, W]
+        count = tf.range(tf.shape(items)[1])
+        pooled = tf.cumsum(items, axis=1, exclusive=True) / tf.cast(tf.maximum(count, 1), tf.float32)[None, :, None]
+        return self.statistic.from_pooled(pooled, count[None, :]), features
+
+    def per_shot_log_weights(self, episodes: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        q_c, features = self.prefix_context_posteriors(episodes)
+        return self._log_weights_given_context(features, episodes, q_c, num_samples, seed)
+
+    def sample_probs(self, support: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        c_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        context = self.statistic(self._encode(support, False)).sample(seed=c_seed)
+        latents = self._prior_latents(context, z_seed)
+        return self._likelihood(latents, context, training=False).mean()
