@@ -107,12 +107,12 @@ class NeuralStatistician(base.FewShotModel):
         self.statistic = StatisticNetwork(hidden_size, context_size)
         # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
         self.posteriors = [
-            layers.ConditionalGaussian(hidden_size, latent_size, 2 + (l > 0), residual_layers=residual_layers)
-            for l in range(num_latent_layers)
+            layers.ConditionalGaussian(hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers)
+            for layer in range(num_latent_layers)
         ]
         self.priors = [
-            layers.ConditionalGaussian(hidden_size, latent_size, 1 + (l > 0), residual_layers=residual_layers)
-            for l in range(num_latent_layers)
+            layers.ConditionalGaussian(hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers)
+            for layer in range(num_latent_layers)
         ]
         self.decoder_z = keras.layers.Dense(hidden_size)
         self.decoder_c = keras.layers.Dense(hidden_size)
