@@ -41,6 +41,6 @@ def get_config(variant: str = "default"):
         config.model_kwargs.residual_layers = 2
     config = common.apply_variant(config, variant)
     if variant == "quick":
-        config.train.steps = 1000
-        config.train.eval_every = 500
+        config.train.steps = 800
+        config.train.eval_every = 400
     return config
