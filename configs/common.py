@@ -74,6 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.all_test_images = False
     config.eval.test_num_samples = 5000
 
+    # Few-shot classification (conditional models): queries per random N-way task
+    # (0 skips classification) and importance samples per likelihood score.
+    config.eval.classification_queries = 400
+    config.eval.classification_num_samples = 100
+
     config.sample = ml_collections.ConfigDict()
     # Rows of the sample grid, support images per row, new samples per row.
     config.sample.rows = 8
@@ -102,6 +107,8 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
         config.eval.episodes = 100
         config.eval.num_samples = 100
         config.eval.test_num_samples = 100
+        config.eval.classification_queries = 40
+        config.eval.classification_num_samples = 10
         config.sample.rows = 4
     elif variant == "tiny":
         config.data.batch_size = 2
@@ -114,6 +121,8 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collect
         config.eval.batch_size = 2
         config.eval.chunk_size = 2
         config.eval.test_num_samples = 4
+        config.eval.classification_queries = 20
+        config.eval.classification_num_samples = 2
         config.sample.rows = 2
         config.sample.samples_per_row = 3
     config.lock()

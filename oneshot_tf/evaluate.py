@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from oneshot_tf import classify
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -110,7 +111,7 @@ def estimator_note(model) -> str:
     note = "log (1/K) sum_k p(x_t, z_k | x_<t) / q(z_k | x_t, x_<t), z_k from the recognition network"
     if not model.conditional:
         note += "; the model is unconditional, so every t estimates log p(x_t)"
-    return note
+    return note + getattr(model, "estimator_note", "")
 
 
 def evaluate(config, workdir, data_dir) -> dict:
@@ -167,6 +168,23 @@ def evaluate(config, workdir, data_dir) -> dict:
             "log_prob": row["log_prob"],
             "stderr": row["stderr"],
             "bits_per_dim": row["bits_per_dim"],
+            "seconds": round(time.time() - start, 1),
+        }
+    if config.eval.classification_queries and classify.available_rules(model):
+        start = time.time()
+        errors = classify.evaluate_classification(
+            model,
+            splits["test"],
+            data_dir,
+            episodes=config.eval.classification_queries,
+            num_samples=config.eval.classification_num_samples,
+            seed=config.eval.seed,
+        )
+        primary = classify.available_rules(model)[-1]  # The KL rule where the model has one.
+        errors["lake_20way_1shot_error"] = errors[f"lake_20way_1shot_{primary}_error"]
+        result["classification"] = {
+            **errors,
+            "num_samples": config.eval.classification_num_samples,
             "seconds": round(time.time() - start, 1),
         }
     workdir_lib.write_json(workdir / "eval.json", result)

@@ -57,7 +57,7 @@ class EndToEndTest(tf.test.TestCase):
             support=support, query=tf.zeros([2, 28, 28, 1]), num_samples=tf.constant(4), seed=tf.constant([0, 0])
         )["log_prob"]
         self.assertEqual(log_prob.shape, (2,))
-        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r"values must be in \[0, 1\]"):
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r"with values in \[0, 1\]"):
             loaded.signatures["sample"](support=support + 2.0, seed=tf.constant([1, 2]))
         # A second export is a new version.
         main.run_modes("export", config, workdir, helpers.DATA_DIR)
@@ -76,6 +76,22 @@ class EndToEndTest(tf.test.TestCase):
         loaded = tf.saved_model.load(str(workdir / "export" / "iwae" / "1"))
         probs = loaded.signatures["sample"](support=tf.zeros([1, 2, 28, 28, 1]), seed=tf.constant([0, 0]))["probs"]
         self.assertEqual(probs.dtype, tf.float32)
+
+    def test_conditional_model_eval_has_classification(self):
+        config = helpers.tiny_config("statistician")
+        workdir = pathlib.Path(self.create_tempdir())
+        main.run_modes("train", config, workdir, helpers.DATA_DIR)
+        main.run_modes("eval", config, workdir, helpers.DATA_DIR)
+        result = json.loads((workdir / "eval.json").read_text())
+        self.assertIn("sampled from q(c | x_<t) jointly with z", result["estimator"])
+        errors = result["classification"]
+        for key in (
+            "lake_20way_1shot_error",
+            "lake_20way_1shot_kl_error",
+            "random_5way_1shot_likelihood_error",
+            "mnist_10way_1shot_kl_error",
+        ):
+            self.assertBetween(errors[key], 0.0, 1.0)
 
     def test_rerun_resumes_from_the_checkpoint(self):
         config = helpers.tiny_config("vae")

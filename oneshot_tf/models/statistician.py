@@ -73,6 +73,10 @@ class StatisticNetwork(keras.layers.Layer):
 class NeuralStatistician(base.FewShotModel):
     """Shared conv encoder, statistic network, L-layer latent z, up-conv decoder."""
 
+    estimator_note = (
+        "; the context c is sampled from q(c | x_<t) jointly with z inside the same K samples (p(c) at t = 1)"
+    )
+
     def __init__(
         self,
         *,  # Makes all args keyword only.
