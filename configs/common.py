@@ -31,6 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_classes = 1
     # balanced (items spread evenly over the C classes) | random (uniform class per item).
     config.data.class_mix = "balanced"
+    # Training augmentations: rotated / mirrored characters as new classes, and the
+    # chance that a drawing's strokes are thickened.
+    config.data.augment_turns = False
+    config.data.augment_flips = False
+    config.data.dilation_probability = 0.0
     # Let the tfds source download Omniglot (needs internet).
     config.data.tfds_download = False
 

@@ -20,7 +20,7 @@ from absl import logging
 
 from oneshot_tf import evaluate
 from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import episodes
+from oneshot_tf.data import episodes, omniglot
 
 SCHEDULES = ("constant", "cosine", "exponential", "burda")
 
@@ -123,13 +123,19 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         logging.info("Already trained: step %d >= train.steps %d", start, total_steps)
         return start
 
+    train_characters = splits["train"]
+    if config.data.augment_turns or config.data.augment_flips:
+        train_characters = omniglot.with_turns_and_flips(
+            train_characters, turns=config.data.augment_turns, flips=config.data.augment_flips
+        )
     dataset = episodes.episode_dataset(
-        splits["train"],
+        train_characters,
         batch_size=config.data.batch_size,
         set_size=config.data.set_size,
         num_classes=config.data.num_classes,
         class_mix=config.data.class_mix,
         binarization=config.data.binarization,
+        dilation_probability=config.data.dilation_probability,
         seed=config.seed,
         start=start,
     )
@@ -174,8 +180,9 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
     )["images"]
     writer = tf.summary.create_file_writer(str(workdir / "tensorboard" / "train"))
     logging.info(
-        "Training %s from step %d to %d: batch %d episodes x %d items, %d parameters",
+        "Training %s on %d characters from step %d to %d: batch %d episodes x %d items, %d parameters",
         config.model,
+        len(train_characters),
         start,
         total_steps,
         config.data.batch_size,

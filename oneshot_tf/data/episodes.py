@@ -36,6 +36,18 @@ def binarize(ink_levels: tf.Tensor, mode: str, seed: tf.Tensor) -> tf.Tensor:
     raise ValueError(f"unknown binarization {mode!r}; valid: {', '.join(BINARIZATIONS)}")
 
 
+def random_dilation(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
+    """Thickens the strokes of each image (3x3 max filter) with `probability`.
+
+    Args:
+      images: float32 [..., 28, 28, 1] binary, ink = 1.0.
+    """
+    flat = tf.reshape(images, [-1, 28, 28, 1])
+    dilated = tf.nn.max_pool2d(flat, ksize=3, strides=1, padding="SAME")
+    chosen = tf.random.stateless_uniform([tf.shape(flat)[0], 1, 1, 1], seed) < probability
+    return tf.reshape(tf.where(chosen, dilated, flat), tf.shape(images))
+
+
 def check_episode_shape(set_size: int, num_classes: int, num_characters: int, num_drawers: int):
     if num_classes < 1 or set_size < 1:
         raise ValueError(f"set_size={set_size} and num_classes={num_classes} must be >= 1")
@@ -119,6 +131,7 @@ def episode_dataset(
     num_classes: int = 1,
     class_mix: str = "balanced",
     binarization: str = "fixed",
+    dilation_probability: float = 0.0,
     seed: int = 0,
     start: int = 0,
 ) -> tf.data.Dataset:
@@ -129,6 +142,7 @@ def episode_dataset(
       batch_size: episodes per element.
       set_size, num_classes, class_mix: see the module docstring.
       binarization: `fixed` or `dynamic` (fresh Bernoulli draws at every batch).
+      dilation_probability: chance that an item's strokes are thickened (augmentation).
       seed: the stream's seed.
       start: index of the first batch (a resumed run passes its step).
 
@@ -144,7 +158,7 @@ def episode_dataset(
     def make_batch(index):
         batch_seed = tf.stack([tf.constant(seed, tf.int64), index])
         batch_seed = tf.cast(batch_seed % (2**31 - 1), tf.int32)
-        sample_seed, binarize_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
+        sample_seed, binarize_seed, dilate_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 3))
         episode = sample_episodes(
             images,
             sample_seed,
@@ -153,8 +167,10 @@ def episode_dataset(
             num_classes=num_classes,
             class_mix=class_mix,
         )
-        binary = binarize(episode["ink"], binarization, binarize_seed)
-        return {"images": binary[..., None], "labels": episode["labels"]}
+        binary = binarize(episode["ink"], binarization, binarize_seed)[..., None]
+        if dilation_probability > 0:
+            binary = random_dilation(binary, dilation_probability, dilate_seed)
+        return {"images": binary, "labels": episode["labels"]}
 
     dataset = tf.data.Dataset.counter(start=start)
     return dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

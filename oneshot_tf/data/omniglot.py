@@ -316,6 +316,21 @@ def _vinyals(halves: dict, data_dir, split_dir=None) -> dict:
     return result
 
 
+def with_turns_and_flips(characters: CharacterSet, *, turns: bool = True, flips: bool = True) -> CharacterSet:
+    """Adds rotated (90, 180, 270 degrees) and mirrored copies as new characters.
+
+    A training augmentation (Edwards & Storkey 2017): up to 8x the characters,
+    named `<name>/rotDDD[/flip]`.
+    """
+    names, images = [], []
+    for k in range(4 if turns else 1):
+        for flip in (False, True) if flips else (False,):
+            turned = np.rot90(characters.images, k=k, axes=(2, 3))
+            images.append(turned[..., ::-1] if flip else turned)
+            names += [f"{n}/rot{90 * k:03d}" + ("/flip" if flip else "") for n in characters.names]
+    return CharacterSet(tuple(names), np.ascontiguousarray(np.concatenate(images)))
+
+
 def load_splits(
     source: str = "auto",
     data_dir=None,

@@ -80,6 +80,29 @@ class EpisodesTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "valid: balanced, random"):
             self._sample(batch_size=1, set_size=2, num_classes=1, class_mix="skewed")
 
+    def test_random_dilation(self):
+        images = tf.constant(episodes.all_images(self.splits["val"])[:64])
+        same = episodes.random_dilation(images, 0.0, tf.constant([0, 0]))
+        self.assertAllEqual(same, images)
+        thick = episodes.random_dilation(images, 1.0, tf.constant([0, 0])).numpy()
+        self.assertTrue(np.all(thick >= images.numpy()))
+        self.assertGreater(thick.mean(), 1.5 * images.numpy().mean())
+        half = episodes.random_dilation(images, 0.5, tf.constant([0, 0])).numpy()
+        changed = np.any(half != images.numpy(), axis=(1, 2, 3)).mean()
+        self.assertBetween(changed, 0.25, 0.75)
+
+    def test_turns_and_flips_are_new_characters(self):
+        val = self.splits["val"]
+        augmented = omniglot.with_turns_and_flips(val)
+        self.assertLen(augmented, 8 * len(val))
+        index = {n: i for i, n in enumerate(augmented.names)}
+        name = val.names[3]
+        original = augmented.images[index[f"{name}/rot000"]]
+        self.assertAllEqual(original, val.images[3])
+        self.assertAllEqual(augmented.images[index[f"{name}/rot090"]], np.rot90(original, 1, axes=(1, 2)))
+        self.assertAllEqual(augmented.images[index[f"{name}/rot000/flip"]], original[..., ::-1])
+        self.assertLen(omniglot.with_turns_and_flips(val, flips=False), 4 * len(val))
+
     def test_fixed_episodes_and_all_images(self):
         a = episodes.fixed_episodes(self.splits["test"], num_episodes=5, set_size=10, num_classes=2, seed=1)
         b = episodes.fixed_episodes(self.splits["test"], num_episodes=5, set_size=10, num_classes=2, seed=1)
