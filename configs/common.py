@@ -96,18 +96,21 @@ def get_config() -> ml_collections.ConfigDict:
 VARIANTS = ("default", "quick", "tiny")
 
 
-def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+def apply_variant(
+    config: ml_collections.ConfigDict, variant: str, *, quick_steps: int = 3000
+) -> ml_collections.ConfigDict:
     """Shrinks the run for `quick` (minutes on 2 CPU cores) or `tiny` (unit tests).
 
     Model sizes are the model config's business; this changes steps, episodes and
-    sample counts only. Returns the config, locked so a misspelt field fails.
+    sample counts only (`quick_steps` training steps for `quick`). Returns the
+    config, locked so a misspelt field fails.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}")
     if variant == "quick":
-        config.train.steps = 3000
+        config.train.steps = quick_steps
         config.train.steps_per_loop = 100
-        config.train.eval_every = 1500
+        config.train.eval_every = quick_steps // 2
         config.train.val_episodes = 64
         config.eval.episodes = 100
         config.eval.num_samples = 100

@@ -39,8 +39,4 @@ def get_config(variant: str = "default"):
         config.model_kwargs.context_size = 32 if small else 4
         config.model_kwargs.latent_size = 16 if small else 2
         config.model_kwargs.residual_layers = 2
-    config = common.apply_variant(config, variant)
-    if variant == "quick":
-        config.train.steps = 800
-        config.train.eval_every = 400
-    return config
+    return common.apply_variant(config, variant, quick_steps=800)

@@ -334,3 +334,77 @@ class ConditionalGaussian(keras.layers.Layer):
             hidden = hidden + project(x)
         hidden = tf.nn.elu(self.norm(hidden, training=training))
         return self.head(self.residual(hidden, training=training))
+
+
+class GruCell(keras.layers.Layer):
+    """A GRU update for any leading dims: (inputs [..., I], state [..., units]) -> state."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.gates = keras.layers.Dense(2 * units, activation="sigmoid")
+        self.candidate = keras.layers.Dense(units, activation="tanh")
+
+    def call(self, inputs: tf.Tensor, state: tf.Tensor) -> tf.Tensor:
+        update, reset = tf.split(self.gates(tf.concat([inputs, state], axis=-1)), 2, axis=-1)
+        candidate = self.candidate(tf.concat([inputs, reset * state], axis=-1))
+        return (1.0 - update) * candidate + update * state
+
+
+class ResidualConvEncoder(keras.layers.Layer):
+    """ResNet-style encoder [N, 28, 28, 1] -> [N, features]: 28 -> 13 -> 6 -> 3.
+
+    Each stage: a strided 3x3 conv ('valid', 'valid', 'same') then a residual block
+    of two 3x3 convs; ELU activations. (Bartunov & Vetrov 2018's conv GMN encoder.)
+    """
+
+    def __init__(self, channels=(32, 64, 128), **kwargs):
+        super().__init__(**kwargs)
+        if len(channels) != 3:
+            raise ValueError(f"ResidualConvEncoder has 3 stages (28 -> 13 -> 6 -> 3), got {channels}")
+        self.output_size = 3 * 3 * channels[-1]
+        self.downs = [
+            keras.layers.Conv2D(c, 3, strides=2, padding=p, activation="elu")
+            for c, p in zip(channels, ("valid", "valid", "same"))
+        ]
+        self.residuals = [
+            [keras.layers.Conv2D(c, 3, padding="same", activation="elu"), keras.layers.Conv2D(c, 3, padding="same")]
+            for c in channels
+        ]
+        self.flatten = keras.layers.Flatten()
+
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        del training
+        x = images
+        for down, (conv_a, conv_b) in zip(self.downs, self.residuals):
+            x = down(x)
+            x = tf.nn.elu(x + conv_b(conv_a(x)))
+        return self.flatten(x)
+
+
+class ResidualConvDecoder(keras.layers.Layer):
+    """Mirror of ResidualConvEncoder: [N, D] -> logits [N, 28, 28, 1], 3 -> 6 -> 13 -> 28."""
+
+    def __init__(self, channels=(128, 64, 32), **kwargs):
+        super().__init__(**kwargs)
+        if len(channels) != 3:
+            raise ValueError(f"ResidualConvDecoder has 3 stages (3 -> 6 -> 13 -> 28), got {channels}")
+        self.project = keras.layers.Dense(3 * 3 * channels[0], activation="elu")
+        self.reshape = keras.layers.Reshape((3, 3, channels[0]))
+        self.residuals = [
+            [keras.layers.Conv2D(c, 3, padding="same", activation="elu"), keras.layers.Conv2D(c, 3, padding="same")]
+            for c in channels
+        ]
+        next_channels = list(channels[1:]) + [channels[-1]]
+        self.ups = [
+            keras.layers.Conv2DTranspose(c, k, strides=2, padding=p, activation="elu")
+            for c, k, p in zip(next_channels, (3, 3, 4), ("same", "valid", "valid"))
+        ]
+        self.logits = keras.layers.Conv2D(1, 3, padding="same")
+
+    def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
+        del training
+        x = self.reshape(self.project(code))
+        for (conv_a, conv_b), up in zip(self.residuals, self.ups):
+            x = tf.nn.elu(x + conv_b(conv_a(x)))
+            x = up(x)
+        return self.logits(x)

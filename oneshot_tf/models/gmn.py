@@ -1,0 +1,200 @@
+"""Generative Matching Networks (Bartunov & Vetrov 2018).
+
+For an episode x_1..x_T, item t is generated given the items before it,
+X_<t = {x_1..x_{t-1}}, plus a learned pseudo-input x_0 (so t = 1 conditions on
+x_0 alone and 0 shots work):
+  z_t ~ p(z | X_<t)            prior: a controller reading X_<t (1 attention step)
+  x_t ~ p(x | z_t, X_<t)       generator: decoder(z_t, h), h read by a controller
+                               whose input is z_t (several attention steps)
+  q(z_t | x_t, X_<t)           recognition: a controller whose input is the
+                               embedding of x_t (several attention steps).
+Each controller matches a query against the support with the kernel
+  K(x_i, s) = softmax_i(beta * cos(f'(s), f(x_i))),  read r = sum_i K(x_i, s) g(x_i),
+and updates its state s with a GRU over several steps. `conditioning="mean"` is the
+paper's ablation: uniform weights over the support (Neural-Statistician-like).
+
+Objective: sum_t ELBO(x_t | X_<t) =
+  sum_t E_q [log p(x_t | z_t, X_<t) + log p(z_t | X_<t) - log q(z_t | x_t, X_<t)].
+All T positions are computed in one pass: the support of position t is
+{x_0, x_1..x_{t-1}}, a causal mask over the T + 1 support slots.
+
+#### References
+[1] Bartunov & Vetrov. Few-shot Generative Modelling with Generative Matching
+    Networks. AISTATS 2018. arXiv:1612.02192
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from oneshot_tf.models import base, layers
+
+tfd = tfp.distributions
+
+CONDITIONINGS = ("attention", "mean")
+
+
+class MatchingController(keras.layers.Layer):
+    """Reads a support set by repeated matching attention; returns its final state.
+
+    inputs [..., B, Q, I], support embeddings [B, J, E] and a mask [Q, J] (True =
+    visible) -> state [..., B, Q, units]. Leading dims `...` (e.g. K samples)
+    broadcast against the support.
+    """
+
+    def __init__(self, units: int, key_size: int, num_steps: int, conditioning: str = "attention", **kwargs):
+        super().__init__(**kwargs)
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.num_steps = num_steps
+        self.conditioning = conditioning
+        self.initial = keras.layers.Dense(units, activation="tanh")
+        self.query = keras.layers.Dense(key_size)
+        self.key = keras.layers.Dense(key_size)
+        self.value = keras.layers.Dense(units)
+        self.cell = layers.GruCell(units)
+        # beta = exp(log_strength), the sharpness of the cosine kernel; e^2 ~ 7.4 at start.
+        self.log_strength = self.add_weight(shape=(), initializer=keras.initializers.Constant(2.0), name="log_strength")
+
+    def call(self, inputs: tf.Tensor, support: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        keys = tf.math.l2_normalize(tf.cast(self.key(support), tf.float32), axis=-1)  # [B, J, D]
+        values = self.value(support)  # [B, J, U]
+        state = self.initial(inputs)
+        for _ in range(self.num_steps):
+            if self.conditioning == "attention":
+                queries = tf.math.l2_normalize(tf.cast(self.query(state), tf.float32), axis=-1)
+                cosine = tf.einsum("...bqd,bjd->...bqj", queries, keys)
+                logits = tf.exp(tf.cast(self.log_strength, tf.float32)) * cosine
+            else:
+                logits = tf.zeros(tf.concat([tf.shape(state)[:-1], tf.shape(keys)[1:2]], axis=0))
+            logits = tf.where(mask, logits, -1e9)
+            weights = tf.cast(tf.nn.softmax(logits, axis=-1), values.dtype)
+            read = tf.einsum("...bqj,bju->...bqu", weights, values)
+            state = self.cell(tf.concat([read, tf.cast(inputs, read.dtype)], axis=-1), state)
+        return state
+
+
+class GenerativeMatchingNetwork(base.FewShotModel):
+    """GMN with an FC or conv (ResNet-style) embedding and generator."""
+
+    def __init__(
+        self,
+        *,  # Makes all args keyword only.
+        architecture: str = "conv",
+        hidden_sizes=(32, 64, 128),
+        embedding_size: int = 256,
+        latent_size: int = 50,
+        controller_size: int = 200,
+        key_size: int = 128,
+        prior_steps: int = 1,
+        recognition_steps: int = 4,
+        conditioning: str = "attention",
+        **kwargs,
+    ):
+        """Builds the networks.
+
+        Args:
+          architecture: `conv` (ResNet-style 28 -> 13 -> 6 -> 3 and mirror) or `fc`.
+          hidden_sizes: conv channels per stage, or FC hidden widths.
+          embedding_size: size of the support embeddings.
+          latent_size: dims of z.
+          controller_size: state size of every controller.
+          key_size: size of the matching keys.
+          prior_steps: attention steps of the prior's controller (paper: 1).
+          recognition_steps: attention steps of the recognition and generator
+            controllers (paper: 4).
+          conditioning: `attention`, or `mean` (the ablation).
+        """
+        super().__init__(**kwargs)
+        if architecture == "conv":
+            self.encoder = layers.ResidualConvEncoder(hidden_sizes)
+            self.decoder = layers.ResidualConvDecoder(tuple(reversed(hidden_sizes)))
+        elif architecture == "fc":
+            self.encoder = layers.FcEncoder(hidden_sizes, activation="elu")
+            self.decoder = layers.FcDecoder(tuple(reversed(hidden_sizes)), activation="elu")
+        else:
+            raise ValueError(f"unknown architecture {architecture!r}; valid: conv, fc")
+        self.feature_size = self.encoder.output_size if architecture == "conv" else hidden_sizes[-1]
+        self.embed = keras.layers.Dense(embedding_size, activation="elu")
+        self.embedding_size = embedding_size
+        self.latent_size = latent_size
+        controller = dict(units=controller_size, key_size=key_size, conditioning=conditioning)
+        self.prior_controller = MatchingController(num_steps=prior_steps, **controller)
+        self.recognition_controller = MatchingController(num_steps=recognition_steps, **controller)
+        self.generator_controller = MatchingController(num_steps=recognition_steps, **controller)
+        self.prior_head = layers.NormalHead(latent_size)
+        self.posterior_head = layers.NormalHead(latent_size)
+        # The learned pseudo-input x_0's embedding: always in the support, so 0 shots work.
+        self.pseudo_input = self.add_weight(shape=(embedding_size,), initializer="random_normal", name="pseudo_input")
+
+    def _embed(self, images: tf.Tensor, training: bool) -> tf.Tensor:
+        """[B, N, 28, 28, 1] -> [B, N, embedding]."""
+        return self.embed(layers.encode_items(self.encoder, images, self.feature_size, training))
+
+    def _support(self, embeddings: tf.Tensor) -> tf.Tensor:
+        """Prepends the pseudo-input: [B, N, E] -> [B, N + 1, E]."""
+        pseudo = tf.cast(self.pseudo_input, embeddings.dtype)
+        pseudo = tf.broadcast_to(pseudo, tf.concat([tf.shape(embeddings)[:1], [1, self.embedding_size]], axis=0))
+        return tf.concat([pseudo, embeddings], axis=1)
+
+    def _prior(self, support: tf.Tensor, mask: tf.Tensor, num_queries) -> tfd.Distribution:
+        """p(z | support slots [B, J]) for Q query positions under mask [Q, J]: batch [B, Q]."""
+        ones = tf.ones(tf.stack([tf.shape(support)[0], num_queries, 1]), support.dtype)
+        return self.prior_head(self.prior_controller(ones, support, mask))
+
+    def _terms(self, support, mask, query_embeddings, query_images, draw_z, training) -> tf.Tensor:
+        """Log-weights [K, B, Q] of queries [B, Q] against support slots [B, J] under mask [Q, J].
+
+        draw_z: maps the posterior (batch [B, Q]) to samples z [K, B, Q, latent].
+        """
+        prior = self._prior(support, mask, tf.shape(query_embeddings)[1])
+        posterior = self.posterior_head(self.recognition_controller(query_embeddings, support, mask))
+        z = draw_z(posterior)
+        read = self.generator_controller(z, support, mask)  # [K, B, Q, U]
+        code = tf.concat([tf.cast(z, read.dtype), read], axis=-1)
+        logits = layers.batch_apply(lambda c: self.decoder(c, training=training), code, num_dims=3)
+        likelihood = layers.bernoulli_images(logits)
+        return likelihood.log_prob(query_images) + prior.log_prob(z) - posterior.log_prob(z)
+
+    def _causal_terms(self, episodes: tf.Tensor, draw_z, training: bool) -> tf.Tensor:
+        """All positions in one pass: [B, T, 28, 28, 1] -> log-weights [K, B, T]."""
+        embeddings = self._embed(episodes, training)
+        num_items = tf.shape(episodes)[1]
+        # Position t sees the pseudo-input (slot 0) and items 1..t-1 (slots 1..t-1).
+        mask = tf.sequence_mask(tf.range(num_items) + 1, num_items + 1)
+        return self._terms(self._support(embeddings), mask, embeddings, episodes, draw_z, training)
+
+    def _set_terms(self, support: tf.Tensor, query: tf.Tensor, draw_z) -> tf.Tensor:
+        """One query per support set (no mask): support [B, S], query [B] -> [K, B]."""
+        slots = self._support(self._embed(support, False))
+        mask = tf.ones([1, tf.shape(slots)[1]], tf.bool)
+        query = query[:, None]
+        return self._terms(slots, mask, self._embed(query, False), query, draw_z, training=False)[..., 0]
+
+    def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
+        base.check_images(batch, 5, "batch")
+        terms = self._causal_terms(batch, lambda q: q.sample(1, seed=seed), training)
+        return tf.reduce_sum(terms[0], axis=1)
+
+    def per_shot_log_weights(self, episodes: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        base.check_images(episodes, 5, "episodes")
+        return self._causal_terms(episodes, lambda q: q.sample(num_samples, seed=seed), training=False)
+
+    def log_weights(self, support: tf.Tensor, query: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        return self._set_terms(support, query, lambda q: q.sample(num_samples, seed=seed))
+
+    def prior(self, support: tf.Tensor) -> tfd.Distribution:
+        """p(z | support) for support [B, S, 28, 28, 1] (S >= 0): batch [B], event [latent]."""
+        slots = self._support(self._embed(support, False))
+        prior = self._prior(slots, tf.ones([1, tf.shape(slots)[1]], tf.bool), 1)
+        return tfd.MultivariateNormalDiag(prior.mean()[:, 0], prior.stddev()[:, 0])
+
+    def sample_probs(self, support: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        slots = self._support(self._embed(support, False))
+        mask = tf.ones([1, tf.shape(slots)[1]], tf.bool)
+        z = self._prior(slots, mask, 1).sample(seed=seed)  # [B, 1, latent]
+        read = self.generator_controller(z, slots, mask)
+        logits = self.decoder(tf.concat([tf.cast(z, read.dtype), read], axis=-1)[:, 0])
+        return tf.sigmoid(tf.cast(logits, tf.float32))
