@@ -14,3 +14,10 @@ def tiny_config(model: str):
     config = importlib.import_module(f"configs.{model}").get_config("tiny")
     config.data.source = "gmn28"
     return config
+
+
+def random_images(shape, seed: int = 0):
+    """Random binary float32 images (20% ink), reproducible from `seed`."""
+    import tensorflow as tf
+
+    return tf.cast(tf.random.stateless_uniform(shape, [seed, 1]) < 0.2, tf.float32)

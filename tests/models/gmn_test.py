@@ -12,15 +12,11 @@ def _model(**overrides):
     return models.get_model(config.model, **{**config.model_kwargs.to_dict(), **overrides})
 
 
-def _images(shape, seed=0):
-    return tf.cast(tf.random.stateless_uniform(shape, [seed, 1]) < 0.2, tf.float32)
-
-
 class GmnTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters("attention", "mean")
     def test_prior_ignores_support_order(self, conditioning):
         model = _model(conditioning=conditioning)
-        support = _images([3, 6, 28, 28, 1])
+        support = helpers.random_images([3, 6, 28, 28, 1])
         permuted = tf.gather(support, [5, 3, 1, 0, 2, 4], axis=1)
         a, b = model.prior(support), model.prior(permuted)
         self.assertAllClose(a.mean(), b.mean(), atol=1e-5)
@@ -29,8 +25,8 @@ class GmnTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_position_never_sees_later_items(self):
         model = _model()
-        episodes = _images([2, 6, 28, 28, 1])
-        changed = tf.concat([episodes[:, :4], _images([2, 2, 28, 28, 1], seed=7)], axis=1)
+        episodes = helpers.random_images([2, 6, 28, 28, 1])
+        changed = tf.concat([episodes[:, :4], helpers.random_images([2, 2, 28, 28, 1], seed=7)], axis=1)
         seed = tf.constant([3, 4])
         a = model.per_shot_log_weights(episodes, 5, seed)
         b = model.per_shot_log_weights(changed, 5, seed)
@@ -43,13 +39,13 @@ class GmnTest(tf.test.TestCase, parameterized.TestCase):
         before = model.prior(empty).mean()
         model.pseudo_input.assign(model.pseudo_input + 1.0)
         self.assertNotAllClose(before, model.prior(empty).mean())
-        log_prob = model.log_prob(empty, _images([2, 28, 28, 1]), 4, tf.constant([0, 0]))
+        log_prob = model.log_prob(empty, helpers.random_images([2, 28, 28, 1]), 4, tf.constant([0, 0]))
         self.assertTrue(tf.reduce_all(tf.math.is_finite(log_prob)))
 
     @parameterized.parameters("attention", "mean")
     def test_batched_causal_pass_equals_naive_loop(self, conditioning):
         model = _model(conditioning=conditioning)
-        episodes = _images([2, 5, 28, 28, 1])
+        episodes = helpers.random_images([2, 5, 28, 28, 1])
         z = tf.random.stateless_normal([3, 2, 5, 3], [1, 2])  # [K, B, T, latent]
         batched = model._causal_terms(episodes, lambda q: z, training=False)
         for t in range(5):

@@ -9,15 +9,12 @@ from absl.testing import absltest, parameterized
 
 from oneshot_tf import models
 from oneshot_tf.models import layers
+from tests import helpers
 
 
 def _build(name):
     config = importlib.import_module(f"configs.{name}").get_config("tiny")
     return models.get_model(config.model, **config.model_kwargs.to_dict())
-
-
-def _images(shape, seed=0):
-    return tf.cast(tf.random.stateless_uniform(shape, [seed, 1]) < 0.2, tf.float32)
 
 
 class ModelsTest(tf.test.TestCase, parameterized.TestCase):
@@ -26,7 +23,7 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
         model = _build(name)
         seed = tf.constant([1, 2])
         for shots in (0, 1, 3, 10):
-            support, query = _images([2, shots, 28, 28, 1]), _images([2, 28, 28, 1], 1)
+            support, query = helpers.random_images([2, shots, 28, 28, 1]), helpers.random_images([2, 28, 28, 1], 1)
             log_prob = model.log_prob(support, query, 3, seed)
             self.assertEqual(log_prob.shape, (2,))
             self.assertTrue(np.all(np.isfinite(log_prob)) and np.all(log_prob < 0))
@@ -35,13 +32,13 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
             self.assertEqual(images.shape, (2, 28, 28, 1))
             self.assertTrue(np.all((probs >= 0) & (probs <= 1)))
             self.assertEqual(set(np.unique(images).tolist()) - {0.0, 1.0}, set())
-        self.assertEqual(model.elbo(_images([3, 4, 28, 28, 1]), seed, training=True).shape, (3,))
-        self.assertEqual(model.per_shot_log_weights(_images([2, 5, 28, 28, 1]), 6, seed).shape, (6, 2, 5))
+        self.assertEqual(model.elbo(helpers.random_images([3, 4, 28, 28, 1]), seed, training=True).shape, (3,))
+        self.assertEqual(model.per_shot_log_weights(helpers.random_images([2, 5, 28, 28, 1]), 6, seed).shape, (6, 2, 5))
 
     @parameterized.parameters(*sorted(models.MODELS))
     def test_seed_determines_samples(self, name):
         model = _build(name)
-        support = _images([2, 3, 28, 28, 1])
+        support = helpers.random_images([2, 3, 28, 28, 1])
         a = model.sample(support, tf.constant([5, 6]))
         b = model.sample(support, tf.constant([5, 6]))
         c = model.sample(support, tf.constant([5, 7]))
@@ -54,11 +51,11 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
         model = _build(name)
         seed = tf.constant([0, 0])
         with self.assertRaisesRegex(ValueError, r"support must have shape \[batch, shots, 28, 28, 1\]"):
-            model.log_prob(_images([2, 28, 28, 1]), _images([2, 28, 28, 1]), 2, seed)
+            model.log_prob(helpers.random_images([2, 28, 28, 1]), helpers.random_images([2, 28, 28, 1]), 2, seed)
         with self.assertRaisesRegex(ValueError, r"query must have shape \[batch, 28, 28, 1\]"):
-            model.log_prob(_images([2, 1, 28, 28, 1]), _images([2, 32, 32, 1]), 2, seed)
+            model.log_prob(helpers.random_images([2, 1, 28, 28, 1]), helpers.random_images([2, 32, 32, 1]), 2, seed)
         with self.assertRaisesRegex(ValueError, "batch must have shape"):
-            model.elbo(_images([2, 28, 28, 1]), seed)
+            model.elbo(helpers.random_images([2, 28, 28, 1]), seed)
 
     def test_unknown_model(self):
         with self.assertRaisesRegex(ValueError, "valid: " + ", ".join(sorted(models.MODELS))):
@@ -74,7 +71,7 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
 
 class LayersTest(tf.test.TestCase):
     def test_distribution_shapes(self):
-        likelihood = layers.bernoulli_images(tf.zeros([3, 5, 28, 28, 1], tf.bfloat16))
+        likelihood = layers.bernoullihelpers.random_images(tf.zeros([3, 5, 28, 28, 1], tf.bfloat16))
         self.assertEqual(likelihood.event_shape, (28, 28, 1))
         self.assertEqual(likelihood.batch_shape, (3, 5))
         self.assertEqual(likelihood.log_prob(tf.zeros([28, 28, 1])).dtype, tf.float32)

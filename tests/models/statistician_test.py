@@ -12,14 +12,10 @@ def _model():
     return models.get_model(config.model, **config.model_kwargs.to_dict())
 
 
-def _images(shape, seed=0):
-    return tf.cast(tf.random.stateless_uniform(shape, [seed, 1]) < 0.2, tf.float32)
-
-
 class StatisticianTest(tf.test.TestCase):
     def test_context_posterior_ignores_set_order(self):
         model = _model()
-        sets = _images([3, 6, 28, 28, 1])
+        sets = helpers.random_images([3, 6, 28, 28, 1])
         permuted = tf.gather(sets, [4, 2, 0, 5, 1, 3], axis=1)
         a, b = model.context_posterior(sets), model.context_posterior(permuted)
         self.assertEqual(a.batch_shape, (3,))
@@ -29,7 +25,7 @@ class StatisticianTest(tf.test.TestCase):
 
     def test_one_pass_prefixes_equal_separate_posteriors(self):
         model = _model()
-        episodes = _images([2, 5, 28, 28, 1])
+        episodes = helpers.random_images([2, 5, 28, 28, 1])
         prefixes, _ = model.prefix_context_posteriors(episodes)
         self.assertEqual(prefixes.batch_shape, (2, 5))
         # t = 1 conditions on nothing: the prior N(0, I).
