@@ -71,7 +71,7 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
 
 class LayersTest(tf.test.TestCase):
     def test_distribution_shapes(self):
-        likelihood = layers.bernoullihelpers.random_images(tf.zeros([3, 5, 28, 28, 1], tf.bfloat16))
+        likelihood = layers.bernoulli_images(tf.zeros([3, 5, 28, 28, 1], tf.bfloat16))
         self.assertEqual(likelihood.event_shape, (28, 28, 1))
         self.assertEqual(likelihood.batch_shape, (3, 5))
         self.assertEqual(likelihood.log_prob(tf.zeros([28, 28, 1])).dtype, tf.float32)
