@@ -114,11 +114,15 @@ def estimator_note(model) -> str:
     return note + getattr(model, "estimator_note", "")
 
 
-def evaluate(config, workdir, data_dir) -> dict:
-    """Scores the latest checkpoint of `workdir` by the protocol; writes eval.json."""
+def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
+    """Scores the latest checkpoint of `workdir` by the protocol; writes eval.json.
+
+    `restored` ((model, step) from workdir.restore_model) and `splits` (from
+    workdir.load_data) skip restoring and loading again when the caller has them.
+    """
     workdir = pathlib.Path(workdir)
-    model, step = workdir_lib.restore_model(config, workdir)
-    splits = workdir_lib.load_data(config, data_dir)
+    model, step = restored or workdir_lib.restore_model(config, workdir)
+    splits = splits or workdir_lib.load_data(config, data_dir)
     test = episodes.fixed_episodes(
         splits["test"],
         num_episodes=config.eval.episodes,
@@ -238,11 +242,14 @@ def sample_grid(model, support: np.ndarray, sample_config, seed: int) -> np.ndar
     return grid
 
 
-def write_samples(config, workdir, data_dir) -> pathlib.Path:
-    """Writes samples/samples_step<step>.png (and to TensorBoard) from test characters."""
+def write_samples(config, workdir, data_dir, *, restored=None, splits=None) -> pathlib.Path:
+    """Writes samples/samples_step<step>.png (and to TensorBoard) from test characters.
+
+    `restored` and `splits` as for `evaluate`.
+    """
     workdir = pathlib.Path(workdir)
-    model, step = workdir_lib.restore_model(config, workdir)
-    splits = workdir_lib.load_data(config, data_dir)
+    model, step = restored or workdir_lib.restore_model(config, workdir)
+    splits = splits or workdir_lib.load_data(config, data_dir)
     support = episodes.fixed_episodes(
         splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed
     )["images"]

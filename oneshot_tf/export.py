@@ -101,7 +101,10 @@ def export_model(model, export_root, model_name: str) -> pathlib.Path:
     return final
 
 
-def export(config, workdir) -> pathlib.Path:
-    """Exports the latest checkpoint of `workdir` to workdir/export/<model>/<version>/."""
-    model, _ = workdir_lib.restore_model(config, workdir)
+def export(config, workdir, *, restored=None) -> pathlib.Path:
+    """Exports the latest checkpoint of `workdir` to workdir/export/<model>/<version>/.
+
+    `restored`: (model, step) from workdir.restore_model, if the caller has it.
+    """
+    model, _ = restored or workdir_lib.restore_model(config, workdir)
     return export_model(model, pathlib.Path(workdir) / "export", config.model)

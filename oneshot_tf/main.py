@@ -23,6 +23,7 @@ from ml_collections import config_flags  # noqa: E402
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from oneshot_tf import evaluate, export, models, train  # noqa: E402
+from oneshot_tf import workdir as workdir_lib  # noqa: E402
 from oneshot_tf.data import omniglot  # noqa: E402
 
 MODES = ("train", "eval", "sample", "export", "all")
@@ -61,12 +62,17 @@ def load_config(model: str, config=None):
 def run_modes(mode: str, config, workdir, data_dir):
     if mode in ("train", "all"):
         train.train_and_evaluate(config, workdir, data_dir)
+    if mode == "train":
+        return
+    # The modes after training share one restored model and one load of the data.
+    restored = workdir_lib.restore_model(config, workdir)
+    splits = workdir_lib.load_data(config, data_dir) if mode in ("eval", "sample", "all") else None
     if mode in ("eval", "all"):
-        evaluate.evaluate(config, workdir, data_dir)
+        evaluate.evaluate(config, workdir, data_dir, restored=restored, splits=splits)
     if mode in ("sample", "all"):
-        evaluate.write_samples(config, workdir, data_dir)
+        evaluate.write_samples(config, workdir, data_dir, restored=restored, splits=splits)
     if mode in ("export", "all"):
-        export.export(config, workdir)
+        export.export(config, workdir, restored=restored)
 
 
 def main(argv):
