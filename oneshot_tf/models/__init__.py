@@ -5,6 +5,7 @@ IWAE is the VAE with `num_samples > 1` (configs/iwae.py), not a class of its own
 
 from oneshot_tf.models import base
 from oneshot_tf.models.gmn import GenerativeMatchingNetwork
+from oneshot_tf.models.seqgen import SequentialGenerativeModel
 from oneshot_tf.models.statistician import NeuralStatistician
 from oneshot_tf.models.vae import Vae
 
@@ -13,6 +14,7 @@ MODELS = {
     "iwae": Vae,
     "gmn": GenerativeMatchingNetwork,
     "statistician": NeuralStatistician,
+    "seqgen": SequentialGenerativeModel,
 }
 
 

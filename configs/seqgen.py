@@ -1,0 +1,40 @@
+"""Sequential generative model (Rezende et al. 2016), conditioned on support drawings.
+
+80 canvas steps as the paper's Omniglot number; LSTMs of 256; z of 4 dims per step;
+12x12 read and write patches. Trained on episodes of 5 drawings of one character,
+each scored given those before it (0..4 shots). Variants: default, quick, tiny.
+"""
+
+from configs import common
+
+
+def get_config(variant: str = "default"):
+    config = common.get_config()
+    config.model = "seqgen"
+    # Canvas updates S.
+    config.model_kwargs.num_steps = 80
+    config.model_kwargs.hidden_size = 256
+    config.model_kwargs.latent_size = 4
+    config.model_kwargs.read_size = 12
+    config.model_kwargs.write_size = 12
+    config.model_kwargs.key_size = 64
+    config.data.batch_size = 16
+    config.data.set_size = 5
+    config.data.num_classes = 1
+    config.train.steps = 200_000
+    config.train.eval_every = 5000
+    config.train.grad_clip_norm = 10.0
+    config.eval.batch_size = 5
+    config.eval.chunk_size = 50
+    if variant == "quick":
+        config.model_kwargs.num_steps = 8
+        config.model_kwargs.hidden_size = 128
+        config.model_kwargs.latent_size = 8
+    elif variant == "tiny":
+        config.model_kwargs.num_steps = 2
+        config.model_kwargs.hidden_size = 8
+        config.model_kwargs.latent_size = 2
+        config.model_kwargs.read_size = 3
+        config.model_kwargs.write_size = 3
+        config.model_kwargs.key_size = 4
+    return common.apply_variant(config, variant, quick_steps=800)

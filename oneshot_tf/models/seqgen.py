@@ -1,0 +1,188 @@
+"""Sequential generative model with spatial-transformer attention (Rezende et al. 2016).
+
+A DRAW-style recurrent model writes a drawing onto a hidden canvas C over S steps.
+For one-shot generation it reads the conditioning drawings x' (the support) at every
+step. With support slots x'_0 (a learned "nothing to copy" patch) and x'_1..x'_n:
+  v_s = sum_j w_j read(x'_j, A_s),  w = softmax_j(<q(h_{s-1}), k(read(x'_j, A_s))>)
+  z_s ~ p(z) = N(0, I)
+  h_s = LSTM_dec(h_{s-1}, [z_s, v_s]),  C_s = C_{s-1} + write(f_w(h_s), B_s)
+  p(x | z_1..S, x') = Bernoulli(logits = C_S),
+where A_s, B_s are spatial-transformer parameters (scales and shifts) computed from
+h_{s-1} and h_s. Recognition, q(z_s | x, z_<s, x'): an encoder LSTM reads the
+target x and the error x - sigmoid(C_{s-1}) through a third transformer.
+Bound: log p(x | x') >= E_q [log p(x | z, x') - sum_s KL(q(z_s | ...) || N(0, I))].
+With no support drawings only the learned slot is read: the unconditional model.
+
+#### References
+[1] Rezende, Mohamed, Danihelka, Gregor & Wierstra. One-Shot Generalization in Deep
+    Generative Models. ICML 2016. arXiv:1603.05106
+[2] Gregor et al. DRAW: A Recurrent Neural Network For Image Generation. ICML 2015.
+[3] Jaderberg et al. Spatial Transformer Networks. NIPS 2015.
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from oneshot_tf.models import base, layers
+
+tfd = tfp.distributions
+
+
+class TransformerParams(keras.layers.Layer):
+    """Hidden state -> (s_x, s_y, t_x, t_y): scales in (0.1, 1.1), shifts in (-1, 1)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(4, kernel_initializer="zeros")
+
+    def call(self, hidden: tf.Tensor) -> tf.Tensor:
+        raw = tf.cast(self.dense(hidden), tf.float32)
+        return tf.concat([0.1 + tf.sigmoid(raw[..., :2] + 1.0), tf.tanh(raw[..., 2:])], axis=-1)
+
+
+class SequentialGenerativeModel(base.FewShotModel):
+    """DRAW-style canvas model reading its support at every step."""
+
+    def __init__(
+        self,
+        *,  # Makes all args keyword only.
+        num_steps: int = 80,
+        hidden_size: int = 256,
+        latent_size: int = 4,
+        read_size: int = 12,
+        write_size: int = 12,
+        key_size: int = 64,
+        **kwargs,
+    ):
+        """Builds the networks.
+
+        Args:
+          num_steps: S, canvas updates (the paper's Omniglot number uses 80).
+          hidden_size: LSTM sizes.
+          latent_size: dims of each z_s.
+          read_size, write_size: side of the read and write patches.
+          key_size: size of the support-attention keys.
+        """
+        super().__init__(**kwargs)
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.num_steps = num_steps
+        self.hidden_size = hidden_size
+        self.latent_size = latent_size
+        self.read_size = read_size
+        self.write_size = write_size
+        self.decoder_cell = keras.layers.LSTMCell(hidden_size)
+        self.encoder_cell = keras.layers.LSTMCell(hidden_size)
+        self.target_read = TransformerParams()
+        self.support_read = TransformerParams()
+        self.write_params = TransformerParams()
+        self.write_patch = keras.layers.Dense(write_size * write_size)
+        self.query = keras.layers.Dense(key_size)
+        self.key = keras.layers.Dense(key_size)
+        self.posterior = layers.NormalHead(latent_size)
+        self.empty_patch = self.add_weight(shape=(read_size * read_size,), initializer="zeros", name="empty_patch")
+        self.canvas_bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(-3.0), name="canvas_bias")
+
+    def _read_support(self, hidden, support, slot_of, mask):
+        """v_s: attention over the support slots' patches read at the same place.
+
+        Args:
+          hidden: decoder state [N, H] of N sequences.
+          support: support drawings [M, 28, 28] (all sets, flattened).
+          slot_of: int32 [N, J - 1], the row of `support` each sequence's slot j reads.
+          mask: bool [N, J], visible slots (slot 0, the learned patch, always).
+        """
+        params = self.support_read(hidden)[:, None]  # [N, 1, 4]
+        patches = layers.transformer_read(support, slot_of, params, self.read_size)  # [N, J-1, p, p]
+        patches = tf.reshape(patches, tf.concat([tf.shape(slot_of), [self.read_size**2]], 0))
+        empty = tf.broadcast_to(self.empty_patch, tf.stack([tf.shape(hidden)[0], 1, self.read_size**2]))
+        patches = tf.concat([tf.cast(empty, tf.float32), patches], axis=1)  # [N, J, p*p]
+        scores = tf.einsum(
+            "nk,njk->nj", tf.cast(self.query(hidden), tf.float32), tf.cast(self.key(patches), tf.float32)
+        )
+        weights = tf.nn.softmax(tf.where(mask, scores, -1e9), axis=-1)
+        return tf.einsum("nj,njk->nk", weights, patches)
+
+    def _run(self, targets, support, slot_of, mask, seed, training_kl: bool):
+        """Runs N sequences. targets [N, 28, 28] or None (generation).
+
+        Returns:
+          (canvas logits [N, 28, 28], log p(z) - log q(z) [N] or -KL [N] if training_kl).
+        """
+        num = tf.shape(slot_of)[0]
+        zeros = tf.zeros(tf.stack([num, self.hidden_size]), self.decoder_cell.compute_dtype)
+        decoder_state, encoder_state = [zeros, zeros], [zeros, zeros]
+        canvas = tf.zeros(tf.stack([num, 28, 28]))
+        log_ratio = tf.zeros(tf.stack([num]))
+        prior = layers.standard_normal(self.latent_size)
+        index = tf.range(num)
+        for step_seed in tf.unstack(tf.random.experimental.stateless_split(seed, self.num_steps)):
+            hidden = tf.cast(decoder_state[0], tf.float32)
+            read = self._read_support(hidden, support, slot_of, mask)
+            if targets is None:
+                z = prior.sample(num, seed=step_seed)
+            else:
+                error = targets - tf.sigmoid(canvas + self.canvas_bias)
+                params = self.target_read(hidden)
+                glimpse = layers.transformer_read(
+                    tf.concat([targets, error], 0), tf.stack([index, index + num], 1), params[:, None], self.read_size
+                )
+                glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
+                encoder_out, encoder_state = self.encoder_cell(tf.concat([glimpse, read, hidden], -1), encoder_state)
+                posterior = self.posterior(encoder_out)
+                z = posterior.sample(seed=step_seed)
+                if training_kl:
+                    log_ratio -= tfd.kl_divergence(posterior, prior)
+                else:
+                    log_ratio += prior.log_prob(z) - posterior.log_prob(z)
+            hidden, decoder_state = self.decoder_cell(tf.concat([z, read], -1), decoder_state)
+            patch = tf.reshape(
+                tf.cast(self.write_patch(hidden), tf.float32), tf.stack([num, self.write_size, self.write_size])
+            )
+            canvas += layers.transformer_write(patch, self.write_params(hidden), 28)
+        return canvas + self.canvas_bias, log_ratio
+
+    def _sequences(self, support, queries, mask, num_samples):
+        """Flattens K x B x Q sequences. support [B, S], queries [B, Q], mask [Q, S + 1].
+
+        Returns (targets [N, 28, 28], support rows [B*S, 28, 28], slot_of [N, S], mask [N, S + 1]).
+        """
+        batch, num_shots, num_queries = tf.shape(support)[0], tf.shape(support)[1], tf.shape(queries)[1]
+        sequence = tf.range(num_samples * batch * num_queries)
+        b, q = sequence // num_queries % batch, sequence % num_queries
+        slot_of = b[:, None] * num_shots + tf.range(num_shots)[None, :]
+        targets = tf.tile(tf.reshape(queries, [-1, 28, 28]), [num_samples, 1, 1])
+        return targets, tf.reshape(support, [-1, 28, 28]), slot_of, tf.gather(mask, q)
+
+    def _log_weights(self, support, queries, mask, num_samples, seed, training_kl=False) -> tf.Tensor:
+        """[K, B, Q] log-weights (or single-sample bounds) of queries given support under mask."""
+        targets, rows, slot_of, sequence_mask = self._sequences(support, queries, mask, num_samples)
+        logits, log_ratio = self._run(targets, rows, slot_of, sequence_mask, seed, training_kl)
+        likelihood = tfd.Independent(tfd.Bernoulli(logits=logits), 2)
+        shape = tf.stack([num_samples, tf.shape(queries)[0], tf.shape(queries)[1]])
+        return tf.reshape(likelihood.log_prob(targets) + log_ratio, shape)
+
+    def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Each item given the items before it (a causal mask), summed over the set."""
+        base.check_images(batch, 5, "batch")
+        num_items = tf.shape(batch)[1]
+        mask = tf.sequence_mask(tf.range(num_items) + 1, num_items + 1)
+        return tf.reduce_sum(self._log_weights(batch, batch, mask, 1, seed, training_kl=True)[0], axis=1)
+
+    def per_shot_log_weights(self, episodes: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        base.check_images(episodes, 5, "episodes")
+        num_items = tf.shape(episodes)[1]
+        mask = tf.sequence_mask(tf.range(num_items) + 1, num_items + 1)
+        return self._log_weights(episodes, episodes, mask, num_samples, seed)
+
+    def log_weights(self, support: tf.Tensor, query: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        mask = tf.ones([1, tf.shape(support)[1] + 1], tf.bool)
+        return self._log_weights(support, query[:, None], mask, num_samples, seed)[..., 0]
+
+    def sample_probs(self, support: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        mask = tf.ones([1, tf.shape(support)[1] + 1], tf.bool)
+        no_targets = tf.zeros(tf.stack([tf.shape(support)[0], 1, 28, 28, 1]))
+        _, rows, slot_of, sequence_mask = self._sequences(support, no_targets, mask, 1)
+        logits, _ = self._run(None, rows, slot_of, sequence_mask, seed, training_kl=False)
+        return tf.sigmoid(logits)[..., None]
