@@ -36,6 +36,27 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(model.per_shot_log_weights(helpers.random_images([2, 5, 28, 28, 1]), 6, seed).shape, (6, 2, 5))
 
     @parameterized.parameters(*sorted(models.MODELS))
+    def test_mixed_bfloat16_keeps_probabilities_in_float32(self, name):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            model = _build(name)
+            seed = tf.constant([1, 2])
+            support, query = helpers.random_images([2, 3, 28, 28, 1]), helpers.random_images([2, 28, 28, 1], 1)
+            with tf.GradientTape() as tape:
+                elbo = model.elbo(helpers.random_images([2, 3, 28, 28, 1]), seed, training=True)
+            gradients = tape.gradient(elbo, model.trainable_variables)
+            log_prob = model.log_prob(support, query, 3, seed)
+            probs, _ = model.sample(support, seed)
+            per_shot = model.per_shot_log_weights(helpers.random_images([2, 4, 28, 28, 1]), 2, seed)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        for value in (elbo, log_prob, probs, per_shot):
+            self.assertEqual(value.dtype, tf.float32)
+            self.assertTrue(np.all(np.isfinite(value)))
+        self.assertTrue(all(v.dtype == tf.float32 for v in model.trainable_variables))
+        self.assertTrue(all(g is None or np.all(np.isfinite(g)) for g in gradients))
+
+    @parameterized.parameters(*sorted(models.MODELS))
     def test_seed_determines_samples(self, name):
         model = _build(name)
         support = helpers.random_images([2, 3, 28, 28, 1])
