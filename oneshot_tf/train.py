@@ -86,6 +86,62 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def training_data(config, characters, start: int = 0) -> tuple:
+    """(training characters after augmentation, endless episode dataset from batch `start`)."""
+    if config.data.augment_turns or config.data.augment_flips:
+        characters = omniglot.with_turns_and_flips(
+            characters, turns=config.data.augment_turns, flips=config.data.augment_flips
+        )
+    dataset = episodes.episode_dataset(
+        characters,
+        batch_size=config.data.batch_size,
+        set_size=config.data.set_size,
+        num_classes=config.data.num_classes,
+        class_mix=config.data.class_mix,
+        binarization=config.data.binarization,
+        dilation_probability=config.data.dilation_probability,
+        seed=config.seed,
+        start=start,
+    )
+    return characters, dataset
+
+
+def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
+    """The inner loop: a tf.function (iterator, num_steps) -> mean loss in nats/image.
+
+    Each step runs `strategy.run` on one global batch, with the loss scaled by the
+    global batch so the replicas' sum is the mean; `step` counts optimizer steps
+    and seeds the model's sampling.
+    """
+    items_per_step = config.data.batch_size * config.data.set_size
+    trainable = model.trainable_variables
+
+    def step_fn(images, seed):
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.random.experimental.stateless_fold_in(seed, replica)
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
+        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+        return loss
+
+    # XLA-compiling the step (not the loop, whose iterator XLA cannot compile) is a
+    # config choice: it speeds up MLPs and slowed conv nets on the CPU we measured.
+    compiled_step = tf.function(step_fn, jit_compile=config.train.jit_compile)
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+        loss_sum = tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            batch = next(iterator)
+            seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
+            per_replica = strategy.run(compiled_step, args=(batch["images"], seed))
+            loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            step.assign_add(1)
+        return loss_sum / tf.cast(num_steps, tf.float32)
+
+    return train_steps
+
+
 def train_and_evaluate(config, workdir, data_dir) -> int:
     """Trains `config.model` in `workdir`, resuming from its latest checkpoint.
 
@@ -123,49 +179,10 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         logging.info("Already trained: step %d >= train.steps %d", start, total_steps)
         return start
 
-    train_characters = splits["train"]
-    if config.data.augment_turns or config.data.augment_flips:
-        train_characters = omniglot.with_turns_and_flips(
-            train_characters, turns=config.data.augment_turns, flips=config.data.augment_flips
-        )
-    dataset = episodes.episode_dataset(
-        train_characters,
-        batch_size=config.data.batch_size,
-        set_size=config.data.set_size,
-        num_classes=config.data.num_classes,
-        class_mix=config.data.class_mix,
-        binarization=config.data.binarization,
-        dilation_probability=config.data.dilation_probability,
-        seed=config.seed,
-        start=start,
-    )
+    train_characters, dataset = training_data(config, splits["train"], start)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     items_per_step = config.data.batch_size * config.data.set_size
-    trainable = model.trainable_variables
-
-    def step_fn(images, seed):
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = tf.random.experimental.stateless_fold_in(seed, replica)
-        with tf.GradientTape() as tape:
-            # Nats per image, scaled by the global batch: replicas' losses add up to the mean.
-            loss = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
-        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
-        return loss
-
-    # XLA-compiling the step (not the loop, whose iterator XLA cannot compile) is a
-    # config choice: it speeds up MLPs and slowed conv nets on the CPU we measured.
-    compiled_step = tf.function(step_fn, jit_compile=config.train.jit_compile)
-
-    @tf.function
-    def train_steps(iterator, num_steps):
-        loss_sum = tf.constant(0.0)
-        for _ in tf.range(num_steps):
-            batch = next(iterator)
-            seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
-            per_replica = strategy.run(compiled_step, args=(batch["images"], seed))
-            loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-            step.assign_add(1)
-        return loss_sum / tf.cast(num_steps, tf.float32)
+    train_steps = make_train_steps(model, optimizer, step, config, strategy)
 
     val = episodes.fixed_episodes(
         splits["val"],
@@ -187,7 +204,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         total_steps,
         config.data.batch_size,
         config.data.set_size,
-        sum(math.prod(v.shape) for v in trainable),
+        sum(math.prod(v.shape) for v in model.trainable_variables),
     )
     current, last_save, run_start = start, time.time(), time.time()
     with _stop_on_signals() as stop, writer.as_default():

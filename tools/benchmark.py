@@ -1,0 +1,158 @@
+"""Training and serving speed of a model config, per precision and XLA setting.
+
+  python tools/benchmark.py --config=configs/statistician.py \
+      [--precisions=float32,mixed_bfloat16] [--xla=false,true] [--steps=30] \
+      [--eval_episodes=0] [--out=benchmark.json]
+
+For each (precision, XLA) pair, runs the trainer's own inner loop
+(`train.make_train_steps`) on real episodes and reports steps/s, sets/s,
+images/s, the step's FLOPs (counted by TF's profiler on the traced step) and the
+achieved GFLOP/s. Then, once per precision: the `sample` serving signature's
+median latency at batch 1, 5 shots, and optionally the time of the per-shot table
+for `--eval_episodes` episodes at the config's K. Peak RSS of the process is
+reported at the end. JSON goes to --out; a table goes to stdout.
+"""
+
+import json
+import pathlib
+import resource
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tensorflow.python.profiler import model_analyzer, option_builder
+
+from oneshot_tf import evaluate, export, train
+from oneshot_tf import workdir as workdir_lib
+from oneshot_tf.data import episodes
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file[:variant].")
+_DATA_DIR = flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"), "")
+_PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
+_XLA = flags.DEFINE_list("xla", ["false"], "jit_compile settings to time (false, true).")
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed training steps per setting (after a warm-up call).")
+_EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 0, "Episodes for the per-shot table timing; 0 skips.")
+_OUT = flags.DEFINE_string("out", None, "Where to write the JSON report.")
+
+
+def _count_flops(concrete_function) -> int:
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return model_analyzer.profile(concrete_function.graph, options=options).total_float_ops
+
+
+def _time_training(config, splits, precision: str, xla: bool) -> dict:
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(config.seed)
+    with config.unlocked():
+        config.train.jit_compile = xla
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        model = workdir_lib.build_model(config)
+        optimizer = train.make_optimizer(config.train)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    _, dataset = train.training_data(config, splits["train"])
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
+    train_steps(iterator, tf.constant(2))  # Trace and warm up.
+    start = time.perf_counter()
+    loss = float(train_steps(iterator, tf.constant(_STEPS.value)))
+    seconds = time.perf_counter() - start
+    # FLOPs of one step: the profiler needs static shapes, so trace the step on one batch.
+    batch = next(iter(dataset))["images"]
+
+    def one_step(images):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_sum(model.elbo(images, tf.constant([0, 0]), training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    flops = _count_flops(tf.function(one_step).get_concrete_function(tf.TensorSpec(batch.shape, tf.float32)))
+    steps_per_sec = _STEPS.value / seconds
+    return {
+        "precision": precision,
+        "xla": xla,
+        "steps_per_sec": round(steps_per_sec, 3),
+        "sets_per_sec": round(steps_per_sec * config.data.batch_size, 2),
+        "images_per_sec": round(steps_per_sec * config.data.batch_size * config.data.set_size, 1),
+        "gflop_per_step": round(flops / 1e9, 2),
+        "gflop_per_sec": round(flops * steps_per_sec / 1e9, 1),
+        "loss": round(loss, 3),
+        "model": model,
+    }
+
+
+def _time_serving(model, splits, config) -> dict:
+    servable = export.Servable(model)
+    support = tf.constant(episodes.fixed_episodes(splits["test"], num_episodes=1, set_size=5)["images"])
+    for _ in range(5):
+        servable.sample(support, tf.constant([0, 0]))
+    latencies = []
+    for i in range(200):
+        start = time.perf_counter()
+        servable.sample(support, tf.constant([i, 0]))["images"].numpy()
+        latencies.append(time.perf_counter() - start)
+    result = {"sample_latency_ms_median_batch1_5shots": round(1000 * float(np.median(latencies)), 3)}
+    if _EVAL_EPISODES.value:
+        test = episodes.fixed_episodes(
+            splits["test"], num_episodes=_EVAL_EPISODES.value, set_size=config.eval.set_size, seed=config.eval.seed
+        )
+        start = time.perf_counter()
+        evaluate.per_shot_log_probs(
+            model,
+            test["images"],
+            num_samples=config.eval.num_samples,
+            seed=0,
+            batch_size=config.eval.batch_size,
+            chunk_size=config.eval.chunk_size,
+        )
+        seconds = time.perf_counter() - start
+        result["per_shot_table"] = {
+            "episodes": _EVAL_EPISODES.value,
+            "num_samples": config.eval.num_samples,
+            "seconds": round(seconds, 1),
+            "seconds_for_1000_episodes": round(seconds * 1000 / _EVAL_EPISODES.value, 1),
+        }
+    return result
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/statistician.py")
+    splits = workdir_lib.load_data(config, _DATA_DIR.value)
+    rows, serving = [], {}
+    for precision in _PRECISIONS.value:
+        for xla in _XLA.value:
+            logging.info("timing %s, %s, xla=%s", config.model, precision, xla)
+            row = _time_training(config, splits, precision, xla.lower() == "true")
+            model = row.pop("model")
+            rows.append(row)
+        serving[precision] = _time_serving(model, splits, config)
+    keras.mixed_precision.set_global_policy("float32")
+    report = {
+        "model": config.model,
+        "batch_size": config.data.batch_size,
+        "set_size": config.data.set_size,
+        "steps_timed": _STEPS.value,
+        "training": rows,
+        "serving": serving,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if _OUT.value:
+        pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'precision':16} {'xla':5} {'steps/s':>8} {'sets/s':>8} {'images/s':>9} {'GFLOP/step':>10} {'GFLOP/s':>8}")
+    for row in rows:
+        print(
+            f"{row['precision']:16} {str(row['xla']):5} {row['steps_per_sec']:8.2f} {row['sets_per_sec']:8.1f} "
+            f"{row['images_per_sec']:9.0f} {row['gflop_per_step']:10.2f} {row['gflop_per_sec']:8.1f}"
+        )
+    print(json.dumps({"serving": serving, "peak_rss_mb": report["peak_rss_mb"]}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
