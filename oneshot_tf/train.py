@@ -227,8 +227,10 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                 _format_seconds(eta),
             )
             if not math.isfinite(loss):
-                manager.save(checkpoint_number=current)
-                raise FloatingPointError(f"loss is {loss} at step {current}; last checkpoint kept in {workdir}")
+                # No save: the latest checkpoint (before the divergence) stays the one to resume from.
+                raise FloatingPointError(
+                    f"loss is {loss} at step {current}; the latest good checkpoint is {manager.latest_checkpoint}"
+                )
             tf.summary.scalar("train/loss", loss, step=current)
             tf.summary.scalar("train/steps_per_sec", steps_per_sec, step=current)
             tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate), step=current)
