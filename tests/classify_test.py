@@ -5,9 +5,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from absl.testing import absltest
 
-from oneshot_tf import classify, train
+from oneshot_tf import classify, evaluate, train
 from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import few_shot
+from oneshot_tf.data import episodes, few_shot
 from tests import helpers
 
 
@@ -77,6 +77,12 @@ class TrainedStatisticianTest(tf.test.TestCase):
             error = classify.error_rate(self.model, task, rule, num_samples=20)
             # Chance is 0.8; with 200 queries its standard error is 0.028, so 0.72 is ~3 below.
             self.assertLess(error, 0.72, rule)
+
+    def test_more_shots_help(self):
+        test = episodes.fixed_episodes(self.test, num_episodes=30, set_size=6, seed=3)["images"]
+        log_probs = evaluate.per_shot_log_probs(self.model, test, num_samples=10, seed=0)
+        # Conditioning on 5 drawings of the character beats conditioning on none.
+        self.assertGreater(log_probs[:, 5].mean(), log_probs[:, 0].mean())
 
     def test_rules_by_model(self):
         self.assertEqual(classify.available_rules(self.model), ("likelihood", "kl"))
