@@ -13,9 +13,9 @@ from unittest import mock
 
 import numpy as np
 import tensorflow as tf
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 
-from oneshot_tf import evaluate, export, train
+from oneshot_tf import evaluate, export, models, train
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes
 from tests import helpers
@@ -181,6 +181,28 @@ class ExportTest(tf.test.TestCase):
         self.assertEqual([p.name for p in (root / "iwae").iterdir() if p.name.isdigit()], [])
         self.assertEqual(export.export_model(self.model, root, "iwae"), root / "iwae" / "1")
         self.assertEqual(sorted(p.name for p in (root / "iwae").iterdir()), ["1"])
+
+
+class EveryModelExportsTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(*sorted(models.MODELS))
+    def test_export_and_reload(self, name):
+        config = helpers.tiny_config(name)
+        model = workdir_lib.build_model(config)
+        path = export.export_model(model, self.create_tempdir().full_path, name)
+        loaded = tf.saved_model.load(str(path))
+        servable = export.Servable(model)
+        for shots in (0, 3):
+            support = helpers.random_images([2, shots, 28, 28, 1])
+            expected = servable.sample(support, tf.constant([1, shots]))
+            out = loaded.signatures["sample"](support=support, seed=tf.constant([1, shots]))
+            self.assertAllClose(out["probs"], expected["probs"], atol=1e-6)
+            log_prob = loaded.signatures["log_prob"](
+                support=support,
+                query=helpers.random_images([2, 28, 28, 1], 1),
+                num_samples=tf.constant(3),
+                seed=tf.constant([0, 0]),
+            )["log_prob"]
+            self.assertTrue(np.all(np.isfinite(log_prob)))
 
 
 def _free_port() -> int:
