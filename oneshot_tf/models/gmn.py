@@ -58,6 +58,9 @@ class MatchingController(keras.layers.Layer):
         # beta = exp(log_strength), the sharpness of the cosine kernel; e^2 ~ 7.4 at start.
         self.log_strength = self.add_weight(shape=(), initializer=keras.initializers.Constant(2.0), name="log_strength")
 
+    def build(self, input_shape):
+        del input_shape  # The sub-layers build on their first call; nothing else to create.
+
     def call(self, inputs: tf.Tensor, support: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         keys = tf.math.l2_normalize(tf.cast(self.key(support), tf.float32), axis=-1)  # [B, J, D]
         values = self.value(support)  # [B, J, U]
