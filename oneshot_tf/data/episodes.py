@@ -203,7 +203,12 @@ def fixed_episodes(
     return {k: v.numpy() for k, v in next(iter(dataset)).items()}
 
 
+def fixed_binary(ink_levels: np.ndarray) -> np.ndarray:
+    """numpy twin of binarize(..., "fixed"): uint8 ink levels -> float32 {0, 1}, same shape."""
+    return (ink_levels >= 128).astype(np.float32)
+
+
 def all_images(characters: "omniglot.CharacterSet") -> np.ndarray:
     """Every drawing, fixed-binarised: float32 [num_characters * num_drawers, 28, 28, 1]."""
     flat = characters.images.reshape(-1, omniglot.IMAGE_SIZE, omniglot.IMAGE_SIZE)
-    return (flat >= 128).astype(np.float32)[..., None]
+    return fixed_binary(flat)[..., None]

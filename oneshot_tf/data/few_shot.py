@@ -48,7 +48,7 @@ def load_lake_runs(path) -> dict:
             items, classes = pairs[0::2], pairs[1::2]
             class_files = [f"run{run:02d}/training/class{c:02d}.png" for c in range(1, 21)]
             decoded = omniglot.decode_to_28([archive.read(n) for n in class_files + items])
-            binary = (decoded >= 128).astype(np.float32)[..., None]
+            binary = episodes.fixed_binary(decoded)[..., None]
             support.append(binary[:20, None])
             queries.append(binary[20:])
             labels.append([int(re.search(r"class(\d+)", c)[1]) - 1 for c in classes])
@@ -72,7 +72,7 @@ def random_episodes(characters, *, ways: int, shots: int, num_episodes: int, see
     )
     order = np.argsort(drawn["labels"].numpy(), axis=1, kind="stable")  # Group items by class.
     ink = np.take_along_axis(drawn["ink"].numpy(), order[..., None, None], axis=1)
-    binary = (ink >= 128).astype(np.float32).reshape(num_episodes, ways, shots + 1, 28, 28, 1)
+    binary = episodes.fixed_binary(ink).reshape(num_episodes, ways, shots + 1, 28, 28, 1)
     return {
         "support": binary[:, :, :shots],
         "queries": binary[:, :, shots],
