@@ -38,11 +38,11 @@ class StatisticNetwork(keras.layers.Layer):
         super().__init__(**kwargs)
         self.context_size = context_size
         self.item = layers.Chain(
-            [keras.layers.Dense(width, use_bias=False), layers.FlatBatchNorm(), keras.layers.Activation("elu")]
+            [keras.layers.Dense(width, use_bias=False), layers.BatchNorm(), keras.layers.Activation("elu")]
         )
         post = []
         for _ in range(num_post_layers):
-            post += [keras.layers.Dense(width, use_bias=False), layers.FlatBatchNorm()]
+            post += [keras.layers.Dense(width, use_bias=False), layers.BatchNorm()]
             post.append(keras.layers.Activation("elu"))
         self.post = layers.Chain(post)
         self.head = layers.NormalHead(context_size)
@@ -120,7 +120,7 @@ class NeuralStatistician(base.FewShotModel):
         ]
         self.decoder_z = keras.layers.Dense(hidden_size)
         self.decoder_c = keras.layers.Dense(hidden_size)
-        self.decoder_norm = layers.FlatBatchNorm()
+        self.decoder_norm = layers.BatchNorm()
         self.decoder = layers.UpConvDecoder(decoder_channels, decoder_convs_per_stage)
 
     def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:

@@ -1,0 +1,54 @@
+"""The shared building blocks that have their own numerics."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from oneshot_tf.models import layers
+
+
+class BatchNormTest(tf.test.TestCase, parameterized.TestCase):
+    """The fused BatchNorm must compute what keras.layers.BatchNormalization computes."""
+
+    @parameterized.parameters([(16, 5, 5, 8)], [(40, 8)])
+    def test_matches_keras_batch_norm(self, shape):
+        x = tf.random.stateless_normal(shape, [1, 2]) * 3.0 + 1.5
+        ours, theirs = layers.BatchNorm(), keras.layers.BatchNormalization()
+        ours.build(x.shape)
+        theirs.build(x.shape)
+        gamma = tf.random.stateless_uniform(shape[-1:], [3, 4], 0.5, 2.0)
+        for layer in (ours, theirs):
+            layer.gamma.assign(gamma)
+            layer.beta.assign(-gamma)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y_ours = ours(x, training=True)
+            y_theirs = theirs(x, training=True)
+            loss_ours = tf.reduce_sum(tf.sin(y_ours))
+            loss_theirs = tf.reduce_sum(tf.sin(y_theirs))
+        self.assertAllClose(y_ours, y_theirs, atol=1e-4)
+        self.assertAllClose(tape.gradient(loss_ours, x), tape.gradient(loss_theirs, x), atol=1e-4)
+        self.assertAllClose(
+            tape.gradient(loss_ours, ours.gamma), tape.gradient(loss_theirs, theirs.gamma), rtol=1e-4, atol=1e-3
+        )
+        # Moving statistics: same mean; the fused op's variance is Bessel-corrected.
+        n = np.prod(shape[:-1])
+        self.assertAllClose(ours.moving_mean, theirs.moving_mean, atol=1e-5)
+        expected_var = 0.99 + 0.01 * (theirs.moving_variance - 0.99) / 0.01 * n / (n - 1)
+        self.assertAllClose(ours.moving_variance, expected_var, rtol=1e-4)
+        # Inference uses the moving statistics the same way.
+        ours.moving_variance.assign(theirs.moving_variance)
+        self.assertAllClose(ours(x, training=False), theirs(x, training=False), rtol=1e-4, atol=1e-4)
+
+    def test_any_rank_and_bfloat16(self):
+        norm = layers.BatchNorm(dtype="mixed_bfloat16")
+        for shape in ([6, 4, 8], [3, 6, 4, 8], [24, 8]):
+            x = tf.random.stateless_normal(shape, [5, 6]) * 4.0 + 2.0
+            y = norm(x, training=True)
+            self.assertEqual(y.dtype, tf.bfloat16)
+            self.assertEqual(y.shape, shape)
+            flat = tf.reshape(tf.cast(y, tf.float32), [-1, 8])
+            self.assertAllClose(tf.reduce_mean(flat, 0), tf.zeros([8]), atol=0.05)
+            self.assertAllClose(tf.math.reduce_std(flat, 0), tf.ones([8]), atol=0.05)
+        self.assertEqual(norm.gamma.dtype, "float32")
