@@ -11,9 +11,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model_kwargs = ml_collections.ConfigDict()
     # Seeds the model's sampling, data streams and the validation carve-out.
     config.seed = 0
-    # Keras dtype policy: "float32" or "mixed_bfloat16" (bfloat16 compute, float32
-    # variables; likelihoods, KL and log-sum-exps stay float32 either way).
-    config.precision = "float32"
+    # Keras dtype policy: "float32", "mixed_bfloat16" (bfloat16 compute, float32
+    # variables; likelihoods, KL and log-sum-exps stay float32 either way) or "auto":
+    # mixed_bfloat16 where the hardware has fast bfloat16 (oneshot_tf/precision.py).
+    config.precision = "auto"
 
     config.data = ml_collections.ConfigDict()
     # auto | gmn28 | upstream | tfds (oneshot_tf/data/omniglot.py).

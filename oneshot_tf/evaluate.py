@@ -12,6 +12,7 @@ import math
 import pathlib
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -114,8 +115,13 @@ def estimator_note(model) -> str:
     return note + getattr(model, "estimator_note", "")
 
 
+def eval_filename(c_test: int) -> str:
+    """eval.json for the headline C_test = 1; eval_c<N>.json for the other variants."""
+    return "eval.json" if c_test == 1 else f"eval_c{c_test}.json"
+
+
 def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
-    """Scores the latest checkpoint of `workdir` by the protocol; writes eval.json.
+    """Scores the latest checkpoint of `workdir` by the protocol; writes eval.json (eval_c<N>.json for C_test = N > 1).
 
     `restored` ((model, step) from workdir.restore_model) and `splits` (from
     workdir.load_data) skip restoring and loading again when the caller has them.
@@ -149,7 +155,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "num_samples": config.eval.num_samples,
         "seed": config.eval.seed,
         "checkpoint_step": step,
-        "precision": config.precision,
+        "precision": keras.mixed_precision.global_policy().name,
         "estimator": estimator_note(model),
         "per_shot": summarize(log_probs),
         "seconds": round(time.time() - start, 1),
@@ -191,7 +197,8 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             "num_samples": config.eval.classification_num_samples,
             "seconds": round(time.time() - start, 1),
         }
-    workdir_lib.write_json(workdir / "eval.json", result)
+    output = workdir / eval_filename(config.eval.c_test)
+    workdir_lib.write_json(output, result)
     for row in result["per_shot"]:
         logging.info(
             "t=%2d (%d shots): %.2f +- %.2f nats (%.4f bits/dim)",
@@ -206,7 +213,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             "all %d test images, K=%d: %.2f +- %.2f nats",
             *[result["test_images"][k] for k in ("images", "num_samples", "log_prob", "stderr")],
         )
-    logging.info("Wrote %s", workdir / "eval.json")
+    logging.info("Wrote %s", output)
     return result
 
 

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import evaluate
+from oneshot_tf import evaluate, precision
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -156,7 +156,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    workdir_lib.set_precision(config.precision)
+    precision.set_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     splits = workdir_lib.load_data(config, data_dir)
     total_steps = config.train.steps

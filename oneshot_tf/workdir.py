@@ -3,7 +3,7 @@
 Layout:
   checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step)
   tensorboard/{train,eval}/   TensorBoard events
-  eval.json                   the per-shot table (SPEC §3)
+  eval.json                   the per-shot table (SPEC §3); eval_c<N>.json for C_test = N > 1
   samples/                    sample grid PNGs
   export/<model>/<version>/   SavedModels (SPEC §5)
   config.json                 the config of the latest run
@@ -12,23 +12,14 @@ Layout:
 import json
 import pathlib
 
-import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import models
+from oneshot_tf import models, precision
 from oneshot_tf.data import omniglot
 from oneshot_tf.models import layers
 
 CHECKPOINTS = "checkpoints"
-
-
-def set_precision(precision: str):
-    """Sets the global Keras dtype policy (before any model is built)."""
-    if precision not in ("float32", "mixed_bfloat16"):
-        raise ValueError(f"unknown precision {precision!r}; valid: float32, mixed_bfloat16")
-    keras.mixed_precision.set_global_policy(precision)
-    logging.info("Keras dtype policy: %s", precision)
 
 
 def build_model(config) -> models.base.FewShotModel:
@@ -55,7 +46,7 @@ def restore_model(config, workdir) -> tuple:
     Returns:
       (model, step). Raises FileNotFoundError naming the workdir if it has no checkpoint.
     """
-    set_precision(config.precision)
+    precision.set_policy(config.precision)
     model = build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint = make_checkpoint(model, step=step)

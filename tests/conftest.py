@@ -2,6 +2,8 @@
 
 import warnings
 
+import keras
+import pytest
 from absl import flags
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -11,3 +13,10 @@ def pytest_configure(config):
     del config
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """Training with precision=auto sets a global Keras policy; no test sees another's."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")

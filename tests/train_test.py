@@ -40,6 +40,13 @@ class EndToEndTest(tf.test.TestCase):
             self.assertGreater(row["stderr"], 0)
             self.assertAllClose(row["bits_per_dim"], -row["log_prob"] / (784 * np.log(2)), atol=1e-4)
 
+        with config.unlocked():
+            config.eval.c_test = 2
+        main.run_modes("eval", config, workdir, helpers.DATA_DIR)
+        two_characters = json.loads((workdir / "eval_c2.json").read_text())
+        self.assertEqual(two_characters["c_test"], 2)
+        self.assertEqual(json.loads((workdir / "eval.json").read_text()), result)
+
         png = tf.io.decode_png((workdir / "samples" / "samples_step2.png").read_bytes())
         rows = config.sample.rows
         self.assertEqual(png.shape[0], rows * 30 + 2)

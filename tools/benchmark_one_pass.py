@@ -16,6 +16,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
+from oneshot_tf import precision
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.models import base
 
@@ -37,7 +38,7 @@ def _time(fn, *args) -> float:
 def main(argv):
     del argv
     config = _CONFIG.value
-    workdir_lib.set_precision(config.precision)
+    precision.set_policy(config.precision)
     model = workdir_lib.build_model(config)
     if type(model).per_shot_log_weights is base.FewShotModel.per_shot_log_weights:
         raise app.UsageError(f"{config.model} has no one-pass per_shot_log_weights to compare")

@@ -1,0 +1,35 @@
+"""The dtype policy choice: explicit names pass through, auto follows the hardware."""
+
+import keras
+import pytest
+
+from oneshot_tf import precision
+
+
+def test_explicit_policies_pass_through():
+    assert precision.resolve("float32") == "float32"
+    assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
+    assert precision.set_policy("mixed_bfloat16") == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
+
+
+def test_bad_precision_names_the_choices():
+    with pytest.raises(ValueError, match="unknown precision 'float16'; valid: auto, float32, mixed_bfloat16"):
+        precision.resolve("float16")
+
+
+def test_cpu_flags_parsed_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    assert {"avx512_bf16", "sse2"} <= precision.cpu_flags(str(cpuinfo))
+    assert precision.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+@pytest.mark.parametrize(
+    "flags, expected", [({"avx512_bf16"}, "mixed_bfloat16"), ({"amx_bf16"}, "mixed_bfloat16"), ({"avx2"}, "float32")]
+)
+def test_auto_follows_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(precision.tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(precision.tf.config, "list_logical_devices", lambda kind=None: [])
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    assert precision.resolve("auto") == expected
