@@ -181,6 +181,22 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("ONESHOT_TF_CACHE_DIR", pathlib.Path.home() / ".cache" / "oneshot_tf"))
 
 
+def _cached(cache: pathlib.Path, build) -> CharacterSet:
+    """The CharacterSet saved at `cache` (an .npz), or `build()` saved there first.
+
+    Written to a partial file and renamed, so an interrupted run leaves no cache.
+    """
+    if cache.exists():
+        with np.load(cache) as cached:
+            return CharacterSet(tuple(cached["names"].tolist()), cached["images"])
+    characters = build()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial.npz")
+    np.savez(partial, names=np.array(characters.names), images=characters.images)
+    os.replace(partial, cache)
+    return characters
+
+
 def load_upstream(data_dir, cache_dir=None) -> dict:
     """Reads upstream zips or folders, decoding once and caching the 28x28 arrays."""
     data_dir = pathlib.Path(data_dir)
@@ -190,20 +206,15 @@ def load_upstream(data_dir, cache_dir=None) -> dict:
         path = _find(data_dir, [part + ".zip", part])
         if path is None:
             raise DataError(f"upstream source: neither {part}.zip nor {part}/ in {data_dir} (or its omniglot/)")
-        cache = cache_dir / f"{part}_{_fingerprint([path])}.npz"
-        if cache.exists():
-            with np.load(cache) as cached:
-                result[part] = CharacterSet(tuple(cached["names"].tolist()), cached["images"])
-            continue
-        files = list(_upstream_files(path))
-        if not files:
-            raise DataError(f"upstream source: {path} holds no {part}/<Alphabet>/<characterNN>/NNNN_DD.png files")
-        images = decode_to_28([read() for _, _, read in files])
-        result[part] = _group_by_character([(n, d) for n, d, _ in files], images, str(path))
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".partial.npz")
-        np.savez(partial, names=np.array(result[part].names), images=result[part].images)
-        os.replace(partial, cache)
+
+        def decode(path=path, part=part):
+            files = list(_upstream_files(path))
+            if not files:
+                raise DataError(f"upstream source: {path} holds no {part}/<Alphabet>/<characterNN>/NNNN_DD.png files")
+            images = decode_to_28([read() for _, _, read in files])
+            return _group_by_character([(n, d) for n, d, _ in files], images, str(path))
+
+        result[part] = _cached(cache_dir / f"{part}_{_fingerprint([path])}.npz", decode)
     return result
 
 
@@ -240,24 +251,16 @@ def load_tfds(data_dir, download: bool = False, cache_dir=None) -> dict:
     if download:
         builder.download_and_prepare()
     cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-    cache = cache_dir / f"tfds_{hashlib.sha256(builder.data_dir.encode()).hexdigest()[:16]}.npz"
-    if cache.exists():
-        with np.load(cache) as cached:
-            return {p: CharacterSet(tuple(cached[p + "_names"].tolist()), cached[p]) for p in (BACKGROUND, EVALUATION)}
+    key = hashlib.sha256(builder.data_dir.encode()).hexdigest()[:16]
     names = builder.info.features["alphabet"].names
-    result = {
-        BACKGROUND: tfds_to_characters(builder.as_dataset(split="train"), names, BACKGROUND),
-        EVALUATION: tfds_to_characters(builder.as_dataset(split="test"), names, EVALUATION),
+    splits = {BACKGROUND: "train", EVALUATION: "test"}
+    return {
+        part: _cached(
+            cache_dir / f"tfds_{key}_{part}.npz",
+            lambda part=part: tfds_to_characters(builder.as_dataset(split=splits[part]), names, part),
+        )
+        for part in (BACKGROUND, EVALUATION)
     }
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial.npz")
-    np.savez(
-        partial,
-        **{p: s.images for p, s in result.items()},
-        **{p + "_names": np.array(s.names) for p, s in result.items()},
-    )
-    os.replace(partial, cache)
-    return result
 
 
 def resolve_source(source: str, data_dir) -> str:
