@@ -112,16 +112,15 @@ class SequentialGenerativeModel(base.FewShotModel):
         """
         num = tf.shape(slot_of)[0]
         zeros = tf.zeros(tf.stack([num, self.hidden_size]), self.decoder_cell.compute_dtype)
-        decoder_state, encoder_state = [zeros, zeros], [zeros, zeros]
-        canvas = tf.zeros(tf.stack([num, 28, 28]))
-        log_ratio = tf.zeros(tf.stack([num]))
         prior = layers.standard_normal(self.latent_size)
         index = tf.range(num)
-        for step_seed in tf.unstack(tf.random.experimental.stateless_split(seed, self.num_steps)):
+        step_seeds = tf.random.experimental.stateless_split(seed, self.num_steps)
+
+        def step(s, decoder_state, encoder_state, canvas, log_ratio):
             hidden = tf.cast(decoder_state[0], tf.float32)
             read = self._read_support(hidden, support, slot_of, mask)
             if targets is None:
-                z = prior.sample(num, seed=step_seed)
+                z = prior.sample(num, seed=step_seeds[s])
             else:
                 error = targets - tf.sigmoid(canvas + self.canvas_bias)
                 params = self.target_read(hidden)
@@ -131,7 +130,7 @@ class SequentialGenerativeModel(base.FewShotModel):
                 glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
                 encoder_out, encoder_state = self.encoder_cell(tf.concat([glimpse, read, hidden], -1), encoder_state)
                 posterior = self.posterior(encoder_out)
-                z = posterior.sample(seed=step_seed)
+                z = posterior.sample(seed=step_seeds[s])
                 if training_kl:
                     log_ratio -= tfd.kl_divergence(posterior, prior)
                 else:
@@ -141,6 +140,21 @@ class SequentialGenerativeModel(base.FewShotModel):
                 tf.cast(self.write_patch(hidden), tf.float32), tf.stack([num, self.write_size, self.write_size])
             )
             canvas += layers.transformer_write(patch, self.write_params(hidden), 28)
+            return s + 1, list(decoder_state), list(encoder_state), canvas, log_ratio
+
+        # A symbolic loop, not S unrolled copies: an 80-step graph took over ten
+        # minutes to trace and optimise; the loop traces in seconds.
+        _, _, _, canvas, log_ratio = tf.while_loop(
+            lambda s, *_: s < self.num_steps,
+            step,
+            (
+                tf.constant(0),
+                [zeros, zeros],
+                [zeros, zeros],
+                tf.zeros(tf.stack([num, 28, 28])),
+                tf.zeros(tf.stack([num])),
+            ),
+        )
         return canvas + self.canvas_bias, log_ratio
 
     def _sequences(self, support, queries, mask, num_samples):
