@@ -31,9 +31,9 @@ def get_config(variant: str = "default"):
     config.train.steps_per_loop = 20
     config.eval.batch_size = 10
     config.eval.chunk_size = 100
-    # The likelihood rule scores every (query, class) pair through the 0.2 GFLOP
-    # decoder per sample; 10 samples rank classes as well as 100 at a tenth of the cost.
-    # (The paper's rule, KL between context posteriors, needs no samples.)
+    # The likelihood rule runs the 0.2 GFLOP decoder per (query, class, sample):
+    # 36,000 pairs x 100 samples would cost ~0.7 PFLOP (~30 min here), so 10.
+    # The paper's rule, KL between context posteriors, needs no samples.
     config.eval.classification_num_samples = 10
     if variant in ("quick", "tiny"):
         small = variant == "quick"
