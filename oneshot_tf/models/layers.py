@@ -473,9 +473,11 @@ def bilinear_sample(images: tf.Tensor, image_index: tf.Tensor, xs: tf.Tensor, ys
         for dy in (0.0, 1.0):
             cx, cy = x0 + dx, y0 + dy
             weight = (1.0 - tf.abs(px - cx)) * (1.0 - tf.abs(py - cy))
+            # False for NaN coordinates too, which must not reach the int cast: NaN
+            # casts to INT_MIN and the gather fails (seen when a run diverged).
             inside = (cx >= 0) & (cx <= width - 1) & (cy >= 0) & (cy <= height - 1)
-            index = base + tf.cast(tf.clip_by_value(cy, 0, height - 1), tf.int32) * width
-            index += tf.cast(tf.clip_by_value(cx, 0, width - 1), tf.int32)
+            index = base + tf.cast(tf.where(inside, cy, 0.0), tf.int32) * width
+            index += tf.cast(tf.where(inside, cx, 0.0), tf.int32)
             result += tf.where(inside, weight * tf.gather(flat, index), 0.0)
     return result
 

@@ -39,6 +39,13 @@ class SpatialTransformerTest(tf.test.TestCase):
         patch = layers.transformer_read(images, tf.constant([0]), tf.constant([[0.1, 0.1, 3.0, 3.0]]), 5)
         self.assertAllEqual(patch, tf.zeros([1, 5, 5]))
 
+    def test_non_finite_coordinates_read_zero_instead_of_failing(self):
+        # NaN coordinates used to cast to INT_MIN and fail the gather mid-training.
+        images = tf.ones([2, 28, 28])
+        xs = tf.constant([[[np.nan, 0.0], [np.inf, -np.inf]]])
+        values = layers.bilinear_sample(images, tf.constant([1]), xs, tf.zeros_like(xs))
+        self.assertAllEqual(values, [[[0.0, 1.0], [0.0, 0.0]]])
+
 
 class SequentialGenerativeModelTest(tf.test.TestCase):
     def test_shapes_for_0_to_10_shots(self):
