@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from tensorflow.python.profiler import model_analyzer, option_builder
 
 from oneshot_tf import evaluate, export, train
+from oneshot_tf import precision as precision_lib
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes
 
@@ -45,7 +46,7 @@ def _count_flops(concrete_function) -> int:
 
 
 def _time_training(config, splits, precision: str, xla: bool) -> dict:
-    keras.mixed_precision.set_global_policy(precision)
+    precision_lib.set_policy(precision)
     keras.utils.set_random_seed(config.seed)
     with config.unlocked():
         config.train.jit_compile = xla
