@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.max_checkpoints = 3
 
     config.eval = ml_collections.ConfigDict()
+    # Checkpoint that eval, sample and export restore: best (best validation bound,
+    # kept when train.eval_every validates; the latest until then) | latest.
+    config.eval.checkpoint = "best"
     # Test episodes for the per-shot table (SPEC §3), characters per episode, items per episode.
     config.eval.episodes = 1000
     config.eval.c_test = 1

@@ -27,7 +27,7 @@ def base_config(variant: str):
     config.data.set_size = 10
     config.data.num_classes = 1
     config.train.steps = 200_000
-    config.train.eval_every = 5000
+    config.train.eval_every = 1000
     # A step takes ~1 s on 2 CPU cores: log (and check for signals) every 20.
     config.train.steps_per_loop = 20
     config.eval.batch_size = 10

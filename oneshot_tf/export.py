@@ -106,5 +106,5 @@ def export(config, workdir, *, restored=None) -> pathlib.Path:
 
     `restored`: (model, step) from workdir.restore_model, if the caller has it.
     """
-    model, _ = restored or workdir_lib.restore_model(config, workdir)
+    model, _ = restored or workdir_lib.restore_model(config, workdir, config.eval.checkpoint)
     return export_model(model, pathlib.Path(workdir) / "export", config.model)

@@ -167,9 +167,14 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         optimizer = make_optimizer(config.train)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = workdir_lib.make_checkpoint(model, optimizer=optimizer, step=step)
+    # Saved with every checkpoint so a resumed run only keeps a better one.
+    best_val_bound = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
+    checkpoint = workdir_lib.make_checkpoint(model, optimizer=optimizer, step=step, best_val_bound=best_val_bound)
     manager = tf.train.CheckpointManager(
         checkpoint, workdir / workdir_lib.CHECKPOINTS, max_to_keep=config.train.max_checkpoints, step_counter=step
+    )
+    best_manager = tf.train.CheckpointManager(
+        checkpoint, workdir / workdir_lib.BEST_CHECKPOINT, max_to_keep=1, step_counter=step
     )
     restored = manager.restore_or_initialize()
     start = int(step.numpy())
@@ -237,8 +242,17 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
             every = config.train.eval_every
             if every and (current // every > previous // every or current == total_steps):
                 val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
-                logging.info("step %d  validation bound %.3f nats/image", current, val_bound)
+                improved = val_bound > float(best_val_bound.numpy())
+                logging.info(
+                    "step %d  validation bound %.3f nats/image%s",
+                    current,
+                    val_bound,
+                    "  (best so far: saved)" if improved else f"  (best {float(best_val_bound.numpy()):.3f})",
+                )
                 tf.summary.scalar("val/bound", val_bound, step=current)
+                if improved:
+                    best_val_bound.assign(val_bound)
+                    best_manager.save(checkpoint_number=current)
                 grid = evaluate.sample_grid(model, grid_support, config.sample, current)
                 tf.summary.image("samples", grid[None, ..., None], step=current)
             if now - last_save > config.train.checkpoint_every_secs:

@@ -1,7 +1,8 @@
 """What a workdir holds, and building a model from a config and the latest checkpoint.
 
 Layout:
-  checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step)
+  checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step, best validation bound)
+  best_checkpoint/ckpt-<step>.*  the checkpoint with the best validation bound so far
   tensorboard/{train,eval}/   TensorBoard events
   eval.json                   the per-shot table (SPEC §3); eval_c<N>.json for C_test = N > 1
   samples/                    sample grid PNGs
@@ -20,6 +21,8 @@ from oneshot_tf.data import omniglot
 from oneshot_tf.models import layers
 
 CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = "best_checkpoint"
+CHECKPOINT_CHOICES = ("best", "latest")
 
 
 def build_model(config) -> models.base.FewShotModel:
@@ -40,22 +43,46 @@ def make_checkpoint(model, **others) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model_variables=[v.value for v in model.variables], **others)
 
 
-def restore_model(config, workdir) -> tuple:
-    """Builds the model and restores the latest checkpoint of `workdir`.
+def find_checkpoint(workdir, which: str = "latest") -> tuple:
+    """The checkpoint prefix to restore and which kind it is.
+
+    Args:
+      workdir: a training workdir.
+      which: "latest", or "best" (best validation bound; the latest checkpoint,
+        with a warning, when the run has not validated yet).
+
+    Returns:
+      (prefix, kind) with kind "best" or "latest". Raises FileNotFoundError naming
+      the workdir if it has no checkpoint, ValueError for an unknown `which`.
+    """
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"unknown checkpoint {which!r}; valid: {', '.join(CHECKPOINT_CHOICES)}")
+    workdir = pathlib.Path(workdir)
+    if which == "best":
+        best = tf.train.latest_checkpoint(workdir / BEST_CHECKPOINT)
+        if best is not None:
+            return best, "best"
+        logging.warning("no validated checkpoint in %s; using the latest checkpoint", workdir / BEST_CHECKPOINT)
+    latest = tf.train.latest_checkpoint(workdir / CHECKPOINTS)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / CHECKPOINTS}: run --mode=train first")
+    return latest, "latest"
+
+
+def restore_model(config, workdir, which: str = "latest") -> tuple:
+    """Builds the model and restores a checkpoint of `workdir` (see find_checkpoint).
 
     Returns:
       (model, step). Raises FileNotFoundError naming the workdir if it has no checkpoint.
     """
     precision.set_policy(config.precision)
+    prefix, kind = find_checkpoint(workdir, which)
     model = build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint = make_checkpoint(model, step=step)
-    latest = tf.train.latest_checkpoint(pathlib.Path(workdir) / CHECKPOINTS)
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {pathlib.Path(workdir) / CHECKPOINTS}: run --mode=train first")
     # Partial: the optimizer's slots are not needed; every model variable must be there.
-    checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
-    logging.info("Restored %s (step %d)", latest, int(step.numpy()))
+    checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+    logging.info("Restored %s (%s checkpoint, step %d)", prefix, kind, int(step.numpy()))
     return model, int(step.numpy())
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import keras
 import numpy as np
@@ -14,6 +15,7 @@ import tensorflow as tf
 from absl.testing import absltest
 
 from oneshot_tf import main, models, train
+from oneshot_tf import workdir as workdir_lib
 from tests import helpers
 
 
@@ -109,6 +111,41 @@ class EndToEndTest(tf.test.TestCase):
         self.assertIn(5, _checkpoint_steps(workdir))
         # Already there: nothing more to do.
         self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 5)
+
+    def test_best_validation_checkpoint_survives_resume(self):
+        config = helpers.tiny_config("vae")
+        config.train.steps = 4
+        config.train.eval_every = 1
+        workdir = self.create_tempdir().full_path
+        # Scripted validation bounds: steps 1-4, then 5-6 after resuming.
+        bounds = [-5.0, -3.0, -4.0, -6.0, -3.5, -2.0]
+        with mock.patch.object(train.evaluate, "mean_bound", side_effect=bounds):
+            train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+            self.assertEqual(workdir_lib.restore_model(config, workdir, "best")[1], 2)
+            self.assertEqual(workdir_lib.restore_model(config, workdir, "latest")[1], 4)
+            config.train.steps = 5
+            train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+            # -3.5 at step 5 is worse than step 2's -3.0, remembered across the resume.
+            self.assertEqual(workdir_lib.restore_model(config, workdir, "best")[1], 2)
+            config.train.steps = 6
+            train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+            self.assertEqual(workdir_lib.restore_model(config, workdir, "best")[1], 6)
+        self.assertEqual(workdir_lib.find_checkpoint(workdir, "best")[1], "best")
+        with self.assertRaisesRegex(ValueError, "valid: best, latest"):
+            workdir_lib.find_checkpoint(workdir, "newest")
+
+    def test_best_checkpoint_falls_back_to_latest_without_validation(self):
+        config = helpers.tiny_config("vae")
+        config.train.eval_every = 0
+        workdir = self.create_tempdir().full_path
+        train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        prefix, kind = workdir_lib.find_checkpoint(workdir, "best")
+        self.assertEqual((pathlib.Path(prefix).name, kind), ("ckpt-2", "latest"))
+        main.run_modes("eval", config, workdir, helpers.DATA_DIR)
+        result = json.loads(pathlib.Path(workdir, "eval.json").read_text())
+        self.assertEqual((result["checkpoint"], result["checkpoint_step"]), ("latest", 2))
+        with self.assertRaisesRegex(FileNotFoundError, "run --mode=train first"):
+            workdir_lib.find_checkpoint(self.create_tempdir().full_path, "best")
 
     def test_same_seed_same_run(self):
         results = []
