@@ -107,7 +107,8 @@ def training_data(config, characters, start: int = 0) -> tuple:
 
 
 def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
-    """The inner loop: a tf.function (iterator, num_steps) -> mean loss in nats/image.
+    """The inner loop: a tf.function (iterator, num_steps) -> (mean loss in nats/image,
+    mean gradient norm before clipping, averaged over replicas).
 
     Each step runs `strategy.run` on one global batch, with the loss scaled by the
     global batch so the replicas' sum is the mean; `step` counts optimizer steps
@@ -121,8 +122,9 @@ def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
         seed = tf.random.experimental.stateless_fold_in(seed, replica)
         with tf.GradientTape() as tape:
             loss = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
-        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
-        return loss
+        gradients = tape.gradient(loss, trainable)
+        optimizer.apply_gradients(zip(gradients, trainable))
+        return loss, tf.linalg.global_norm(gradients)
 
     # XLA-compiling the step (not the loop, whose iterator XLA cannot compile) is a
     # config choice: it speeds up MLPs and slowed conv nets on the CPU we measured.
@@ -130,14 +132,16 @@ def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
 
     @tf.function
     def train_steps(iterator, num_steps):
-        loss_sum = tf.constant(0.0)
+        loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
         for _ in tf.range(num_steps):
             batch = next(iterator)
             seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
-            per_replica = strategy.run(compiled_step, args=(batch["images"], seed))
-            loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            loss, norm = strategy.run(compiled_step, args=(batch["images"], seed))
+            loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            # The replicas' mean of their own gradients' norms: the global norm with one replica.
+            norm_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None)
             step.assign_add(1)
-        return loss_sum / tf.cast(num_steps, tf.float32)
+        return loss_sum / tf.cast(num_steps, tf.float32), norm_sum / tf.cast(num_steps, tf.float32)
 
     return train_steps
 
@@ -216,17 +220,18 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         while current < total_steps and stop["signum"] is None:
             num_steps = min(config.train.steps_per_loop, total_steps - current)
             loop_start = time.time()
-            loss = float(train_steps(iterator, tf.constant(num_steps)))
+            loss, grad_norm = (float(x) for x in train_steps(iterator, tf.constant(num_steps)))
             previous, current = current, int(step.numpy())
             now = time.time()
             steps_per_sec = num_steps / (now - loop_start)
             overall = (current - start) / (now - run_start)
             eta = (total_steps - current) / overall if overall > 0 else float("inf")
             logging.info(
-                "step %d/%d  loss %.3f nats/image  %.1f steps/s  %.0f images/s  ETA %s",
+                "step %d/%d  loss %.3f nats/image  grad norm %.3g  %.1f steps/s  %.0f images/s  ETA %s",
                 current,
                 total_steps,
                 loss,
+                grad_norm,
                 steps_per_sec,
                 steps_per_sec * items_per_step,
                 _format_seconds(eta),
@@ -237,6 +242,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                     f"loss is {loss} at step {current}; the latest good checkpoint is {manager.latest_checkpoint}"
                 )
             tf.summary.scalar("train/loss", loss, step=current)
+            tf.summary.scalar("train/grad_norm", grad_norm, step=current)
             tf.summary.scalar("train/steps_per_sec", steps_per_sec, step=current)
             tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate), step=current)
             every = config.train.eval_every

@@ -147,6 +147,27 @@ class EndToEndTest(tf.test.TestCase):
         with self.assertRaisesRegex(FileNotFoundError, "run --mode=train first"):
             workdir_lib.find_checkpoint(self.create_tempdir().full_path, "best")
 
+    def test_train_steps_report_the_gradient_norm_before_clipping(self):
+        config = helpers.tiny_config("vae")
+        config.train.learning_rate = 0.0  # Weights stay put, so the gradient can be recomputed.
+        config.train.grad_clip_norm = 1e-3
+        strategy = tf.distribute.get_strategy()
+        model = workdir_lib.build_model(config)
+        optimizer = train.make_optimizer(config.train)
+        step = tf.Variable(0, dtype=tf.int64)
+        batch = helpers.random_images([2, 1, 28, 28, 1])
+        iterator = iter(tf.data.Dataset.from_tensors({"images": batch}).repeat())
+        train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
+        loss, norm = train_steps(iterator, tf.constant(1))
+
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0]), 0)
+        with tf.GradientTape() as tape:
+            expected_loss = -tf.reduce_sum(model.elbo(batch, seed, training=True)) / 2
+        expected_norm = tf.linalg.global_norm(tape.gradient(expected_loss, model.trainable_variables))
+        self.assertAllClose(loss, expected_loss, rtol=1e-5)
+        self.assertAllClose(norm, expected_norm, rtol=1e-4)
+        self.assertGreater(float(norm), 1e-3)
+
     def test_same_seed_same_run(self):
         results = []
         for seed in (0, 0, 1):
