@@ -61,6 +61,18 @@ def make_optimizer(train_config) -> keras.optimizers.Optimizer:
     )
 
 
+def _use_configured_learning_rate(optimizer, train_config):
+    """A constant learning rate is a checkpointed variable: the config's wins on resume."""
+    if isinstance(optimizer.learning_rate, (float, int)) or train_config.schedule != "constant":
+        return
+    restored = float(optimizer.learning_rate.numpy())
+    if not math.isclose(restored, train_config.learning_rate, rel_tol=1e-6):
+        logging.info(
+            "learning rate %g from the config replaces %g from the checkpoint", train_config.learning_rate, restored
+        )
+        optimizer.learning_rate.assign(train_config.learning_rate)
+
+
 @contextlib.contextmanager
 def _stop_on_signals():
     """Yields a dict whose `signum` is set when SIGINT or SIGTERM arrives."""
@@ -184,6 +196,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
     start = int(step.numpy())
     if restored:
         logging.info("Resumed from %s at step %d", restored, start)
+        _use_configured_learning_rate(optimizer, config.train)
     if start >= total_steps:
         logging.info("Already trained: step %d >= train.steps %d", start, total_steps)
         return start

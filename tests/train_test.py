@@ -112,6 +112,21 @@ class EndToEndTest(tf.test.TestCase):
         # Already there: nothing more to do.
         self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 5)
 
+    def test_resume_uses_the_configured_learning_rate(self):
+        config = helpers.tiny_config("vae")
+        config.train.schedule = "constant"
+        workdir = self.create_tempdir().full_path
+        train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        config.train.steps = 3
+        config.train.learning_rate = 1e-5
+        made = []
+        make_optimizer = train.make_optimizer
+        with mock.patch.object(train, "make_optimizer", lambda c: made.append(make_optimizer(c)) or made[-1]):
+            train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        (optimizer,) = made
+        # The checkpoint holds 1e-3 (the learning rate is an optimizer variable).
+        self.assertAllClose(float(optimizer.learning_rate.numpy()), 1e-5)
+
     def test_best_validation_checkpoint_survives_resume(self):
         config = helpers.tiny_config("vae")
         config.train.steps = 4
