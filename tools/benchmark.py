@@ -39,10 +39,12 @@ _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 0, "Episodes for the per-
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON report.")
 
 
-def _count_flops(concrete_function) -> int:
+def _count_flops(concrete_function):
+    """FLOPs of the graph's ops, or None when it has none countable (the profiler
+    does not look inside tf.while_loop bodies, e.g. the seqgen canvas loop)."""
     options = option_builder.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    return model_analyzer.profile(concrete_function.graph, options=options).total_float_ops
+    return model_analyzer.profile(concrete_function.graph, options=options).total_float_ops or None
 
 
 def _time_training(config, splits, precision: str, xla: bool) -> dict:
@@ -79,8 +81,8 @@ def _time_training(config, splits, precision: str, xla: bool) -> dict:
         "steps_per_sec": round(steps_per_sec, 3),
         "sets_per_sec": round(steps_per_sec * config.data.batch_size, 2),
         "images_per_sec": round(steps_per_sec * config.data.batch_size * config.data.set_size, 1),
-        "gflop_per_step": round(flops / 1e9, 2),
-        "gflop_per_sec": round(flops * steps_per_sec / 1e9, 1),
+        "gflop_per_step": flops and round(flops / 1e9, 2),
+        "gflop_per_sec": flops and round(flops * steps_per_sec / 1e9, 1),
         "loss": round(loss, 3),
         "model": model,
     }
@@ -120,6 +122,11 @@ def _time_serving(model, splits, config) -> dict:
     return result
 
 
+def _or_na(value, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return f"{'n/a':>{width}}" if value is None else format(value, spec)
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -150,7 +157,7 @@ def main(argv):
     for row in rows:
         print(
             f"{row['precision']:16} {str(row['xla']):5} {row['steps_per_sec']:8.2f} {row['sets_per_sec']:8.1f} "
-            f"{row['images_per_sec']:9.0f} {row['gflop_per_step']:10.2f} {row['gflop_per_sec']:8.1f}"
+            f"{row['images_per_sec']:9.0f} {_or_na(row['gflop_per_step'], '10.2f')} {_or_na(row['gflop_per_sec'], '8.1f')}"
         )
     print(json.dumps({"serving": serving, "peak_rss_mb": report["peak_rss_mb"]}, indent=2))
 

@@ -154,6 +154,7 @@ class SequentialGenerativeModel(base.FewShotModel):
                 tf.zeros(tf.stack([num, 28, 28])),
                 tf.zeros(tf.stack([num])),
             ),
+            maximum_iterations=self.num_steps,  # XLA needs the bound to compile the gradient.
         )
         return canvas + self.canvas_bias, log_ratio
 
