@@ -2,7 +2,8 @@
 
 ResNet-style embedding 28 -> 13 -> 6 -> 3 and mirror generator; z of 50 dims;
 controllers of 200 units; 1 attention step for the prior, 4 for recognition and
-generation; episodes of T = 10 drawings of one character (C = 1).
+generation; episodes of T = 10 drawings of one character (C = 1); rotations and
+mirror images of the training characters as extra classes.
 Variants: default, quick, tiny. configs/gmn_fc.py and configs/gmn_c3.py build on it.
 """
 
@@ -25,6 +26,10 @@ def base_config(variant: str):
     config.model_kwargs.conditioning = "attention"
     config.data.batch_size = 32
     config.data.set_size = 10
+    # Rotations and mirror images as new classes (8x the training characters): without
+    # them the conv GMN overfitted (training loss 79 vs validation bound -106 nats).
+    config.data.augment_turns = True
+    config.data.augment_flips = True
     config.data.num_classes = 1
     config.train.steps = 200_000
     config.train.eval_every = 1000
