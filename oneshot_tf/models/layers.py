@@ -62,6 +62,12 @@ def encode_items(encoder, images: tf.Tensor, output_size: int, training: bool = 
     return split_leading(features, leading)
 
 
+# Layers that emit distribution parameters (pixel logits, Gaussian means and scales)
+# compute in float32 under every policy, as Keras' mixed-precision guide advises for
+# output layers: they are a tiny share of the FLOPs.
+OUTPUT_DTYPE = "float32"
+
+
 def bernoulli_images(logits: tf.Tensor) -> tfd.Distribution:
     """p(x | ...) with independent Bernoulli pixels, event shape [28, 28, 1]."""
     return tfd.Independent(tfd.Bernoulli(logits=tf.cast(logits, tf.float32)), reinterpreted_batch_ndims=3)
@@ -86,7 +92,7 @@ class NormalHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.size = size
         self.min_scale = min_scale
-        self.dense = keras.layers.Dense(2 * size)
+        self.dense = keras.layers.Dense(2 * size, dtype=OUTPUT_DTYPE)
 
     def call(self, features: tf.Tensor) -> tfd.Distribution:
         """features: [..., F] -> MultivariateNormalDiag with batch shape [...], event [size]."""
@@ -247,7 +253,7 @@ class ConvDecoder(keras.layers.Layer):
             blocks.append(keras.layers.Activation("elu"))
             if i == 0:
                 blocks.append(keras.layers.Cropping2D(((0, 1), (0, 1))))
-        blocks.append(keras.layers.Conv2D(1, 3, padding="same"))
+        blocks.append(keras.layers.Conv2D(1, 3, padding="same", dtype=OUTPUT_DTYPE))
         self.net = Chain(blocks)
 
     def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -322,7 +328,7 @@ class UpConvDecoder(keras.layers.Layer):
                 last = stage == len(channels) - 1 and i == convs_per_stage - 1
                 blocks += _conv_bn_elu(c, padding="valid" if last else "same")
             blocks += _conv_bn_elu(c, kernel=2, strides=2, transpose=True)
-        blocks.append(keras.layers.Conv2D(1, 1))
+        blocks.append(keras.layers.Conv2D(1, 1, dtype=OUTPUT_DTYPE))
         self.net = Chain(blocks)
 
     def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -437,7 +443,7 @@ class ResidualConvDecoder(keras.layers.Layer):
             keras.layers.Conv2DTranspose(c, k, strides=2, padding=p, activation="elu")
             for c, k, p in zip(next_channels, (3, 3, 4), ("same", "valid", "valid"))
         ]
-        self.logits = keras.layers.Conv2D(1, 3, padding="same")
+        self.logits = keras.layers.Conv2D(1, 3, padding="same", dtype=OUTPUT_DTYPE)
 
     def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
         del training

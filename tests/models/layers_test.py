@@ -52,3 +52,31 @@ class BatchNormTest(tf.test.TestCase, parameterized.TestCase):
             self.assertAllClose(tf.reduce_mean(flat, 0), tf.zeros([8]), atol=0.05)
             self.assertAllClose(tf.math.reduce_std(flat, 0), tf.ones([8]), atol=0.05)
         self.assertEqual(norm.gamma.dtype, "float32")
+
+
+class OutputLayersTest(tf.test.TestCase):
+    """Under mixed_bfloat16, distribution parameters are computed in float32."""
+
+    def tearDown(self):
+        keras.mixed_precision.set_global_policy("float32")
+        super().tearDown()
+
+    def test_normal_head_parameters_have_float32_precision(self):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        head = layers.NormalHead(4)
+        features = tf.random.stateless_normal([64, 32], [1, 1])
+        loc = head(tf.cast(features, tf.bfloat16)).mean()
+        kernel, bias = head.dense.kernel, head.dense.bias
+        # A bfloat16 input is exact in float32; only the matmul's precision is at stake.
+        inputs = tf.cast(tf.cast(features, tf.bfloat16), tf.float32)
+        expected = (inputs @ kernel + bias)[:, :4]
+        self.assertAllClose(loc, expected, rtol=1e-5, atol=1e-5)
+
+    def test_decoder_logits_have_float32_precision(self):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        decoder = layers.UpConvDecoder((8, 8, 8), convs_per_stage=1)
+        logits = decoder(tf.random.stateless_normal([2, 10], [2, 2]))
+        self.assertEqual(logits.dtype, tf.float32)
+        # bfloat16 keeps 8 significant bits: float32 logits are not all on its grid.
+        rounded = tf.cast(tf.cast(logits, tf.bfloat16), tf.float32)
+        self.assertGreater(float(tf.reduce_mean(tf.cast(tf.not_equal(logits, rounded), tf.float32))), 0.5)
