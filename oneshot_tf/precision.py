@@ -2,13 +2,14 @@
 
 Under `mixed_bfloat16` networks compute in bfloat16 with float32 variables; every
 model keeps likelihoods, KL terms, importance weights and log-sum-exps in float32
-(the distribution heads in models/layers.py take float32 parameters).
+(the layers that emit distribution parameters compute in float32:
+models/layers.py OUTPUT_DTYPE).
 
 `auto` picks mixed_bfloat16 where bfloat16 arithmetic is native and fast: a GPU of
 compute capability 8.0 or newer (Ampere on), a TPU, or a CPU with AMX-BF16 or
 AVX-512-BF16; float32 elsewhere. Measured on this project's 2-core AVX-512-BF16 CPU
 (tools/benchmark.py, README "Speed"): bfloat16 training steps are 1.2x (IWAE MLP)
-to 1.36x (statistician convs) faster than float32.
+to 1.41x (statistician convs) faster than float32.
 """
 
 import pathlib
