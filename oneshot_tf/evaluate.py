@@ -123,11 +123,11 @@ def eval_filename(c_test: int) -> str:
 def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     """Scores the config.eval.checkpoint checkpoint of `workdir` by the protocol; writes eval.json (eval_c<N>.json for C_test = N > 1).
 
-    `restored` ((model, step) from workdir.restore_model) and `splits` (from
+    `restored` (from workdir.restore_model) and `splits` (from
     workdir.load_data) skip restoring and loading again when the caller has them.
     """
     workdir = pathlib.Path(workdir)
-    model, step = restored or workdir_lib.restore_model(config, workdir, config.eval.checkpoint)
+    model, step, checkpoint = restored or workdir_lib.restore_model(config, workdir)
     splits = splits or workdir_lib.load_data(config, data_dir)
     test = episodes.fixed_episodes(
         splits["test"],
@@ -154,7 +154,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "set_size": config.eval.set_size,
         "num_samples": config.eval.num_samples,
         "seed": config.eval.seed,
-        "checkpoint": workdir_lib.find_checkpoint(workdir, config.eval.checkpoint)[1],
+        "checkpoint": checkpoint,
         "checkpoint_step": step,
         "precision": keras.mixed_precision.global_policy().name,
         "estimator": estimator_note(model),
@@ -256,7 +256,7 @@ def write_samples(config, workdir, data_dir, *, restored=None, splits=None) -> p
     `restored` and `splits` as for `evaluate`.
     """
     workdir = pathlib.Path(workdir)
-    model, step = restored or workdir_lib.restore_model(config, workdir, config.eval.checkpoint)
+    model, step, _ = restored or workdir_lib.restore_model(config, workdir)
     splits = splits or workdir_lib.load_data(config, data_dir)
     support = episodes.fixed_episodes(
         splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed

@@ -102,9 +102,9 @@ def export_model(model, export_root, model_name: str) -> pathlib.Path:
 
 
 def export(config, workdir, *, restored=None) -> pathlib.Path:
-    """Exports the latest checkpoint of `workdir` to workdir/export/<model>/<version>/.
+    """Exports the config.eval.checkpoint checkpoint of `workdir` to workdir/export/<model>/<version>/.
 
-    `restored`: (model, step) from workdir.restore_model, if the caller has it.
+    `restored`: from workdir.restore_model, if the caller has it.
     """
-    model, _ = restored or workdir_lib.restore_model(config, workdir, config.eval.checkpoint)
+    model = (restored or workdir_lib.restore_model(config, workdir)).model
     return export_model(model, pathlib.Path(workdir) / "export", config.model)

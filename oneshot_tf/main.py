@@ -65,7 +65,7 @@ def run_modes(mode: str, config, workdir, data_dir):
     if mode == "train":
         return
     # The modes after training share one restored model and one load of the data.
-    restored = workdir_lib.restore_model(config, workdir, config.eval.checkpoint)
+    restored = workdir_lib.restore_model(config, workdir)
     splits = workdir_lib.load_data(config, data_dir) if mode in ("eval", "sample", "all") else None
     if mode in ("eval", "all"):
         evaluate.evaluate(config, workdir, data_dir, restored=restored, splits=splits)

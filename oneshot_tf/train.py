@@ -63,7 +63,7 @@ def make_optimizer(train_config) -> keras.optimizers.Optimizer:
 
 def _use_configured_learning_rate(optimizer, train_config):
     """A constant learning rate is a checkpointed variable: the config's wins on resume."""
-    if isinstance(optimizer.learning_rate, (float, int)) or train_config.schedule != "constant":
+    if train_config.schedule != "constant":
         return
     restored = float(optimizer.learning_rate.numpy())
     if not math.isclose(restored, train_config.learning_rate, rel_tol=1e-6):

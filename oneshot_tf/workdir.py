@@ -1,4 +1,4 @@
-"""What a workdir holds, and building a model from a config and the latest checkpoint.
+"""What a workdir holds, and building a model from a config and a checkpoint.
 
 Layout:
   checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step, best validation bound)
@@ -10,6 +10,7 @@ Layout:
   config.json                 the config of the latest run
 """
 
+import collections
 import json
 import pathlib
 
@@ -23,6 +24,9 @@ from oneshot_tf.models import layers
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
 CHECKPOINT_CHOICES = ("best", "latest")
+
+# What restore_model returns; `checkpoint` is the kind restored, "best" or "latest".
+Restored = collections.namedtuple("Restored", ["model", "step", "checkpoint"])
 
 
 def build_model(config) -> models.base.FewShotModel:
@@ -69,21 +73,25 @@ def find_checkpoint(workdir, which: str = "latest") -> tuple:
     return latest, "latest"
 
 
-def restore_model(config, workdir, which: str = "latest") -> tuple:
+def restore_model(config, workdir, which: str | None = None) -> Restored:
     """Builds the model and restores a checkpoint of `workdir` (see find_checkpoint).
 
+    Args:
+      which: "best" or "latest"; default config.eval.checkpoint.
+
     Returns:
-      (model, step). Raises FileNotFoundError naming the workdir if it has no checkpoint.
+      Restored(model, step, checkpoint kind). Raises FileNotFoundError naming the
+      workdir if it has no checkpoint.
     """
     precision.set_policy(config.precision)
-    prefix, kind = find_checkpoint(workdir, which)
+    prefix, kind = find_checkpoint(workdir, which or config.eval.checkpoint)
     model = build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint = make_checkpoint(model, step=step)
     # Partial: the optimizer's slots are not needed; every model variable must be there.
     checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
     logging.info("Restored %s (%s checkpoint, step %d)", prefix, kind, int(step.numpy()))
-    return model, int(step.numpy())
+    return Restored(model, int(step.numpy()), kind)
 
 
 def load_data(config, data_dir) -> dict:

@@ -61,7 +61,7 @@ class TrainedStatisticianTest(tf.test.TestCase):
         config.train.eval_every = 0
         workdir = tf.compat.v1.test.get_temp_dir() + "/classify_statistician"
         train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
-        cls.model, _ = workdir_lib.restore_model(config, workdir)
+        cls.model = workdir_lib.restore_model(config, workdir).model
         cls.test = workdir_lib.load_data(config, helpers.DATA_DIR)["test"]
 
     def test_own_character_scores_higher(self):

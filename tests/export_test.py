@@ -58,7 +58,7 @@ class ExportTest(tf.test.TestCase):
         shutil.rmtree(cls.root, ignore_errors=True)
         train.train_and_evaluate(cls.config, cls.root, helpers.DATA_DIR)
         cls.path = export.export(cls.config, cls.root)
-        cls.model, _ = workdir_lib.restore_model(cls.config, cls.root)
+        cls.model = workdir_lib.restore_model(cls.config, cls.root).model
         cls.servable = export.Servable(cls.model)
         splits = workdir_lib.load_data(cls.config, helpers.DATA_DIR)
         cls.episodes = episodes.fixed_episodes(splits["test"], num_episodes=6, set_size=4, seed=0)["images"]
