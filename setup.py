@@ -7,10 +7,11 @@ setuptools.setup(
     version="0.1.0",
     description="Few-shot generative modelling (VAE, IWAE, Neural Statistician, GMN, "
     "sequential generative model) in TensorFlow 2, Keras 3 and TF Probability.",
-    packages=setuptools.find_packages(include=["oneshot_tf", "oneshot_tf.*", "configs"]),
-    # configs/ is code too: `--model=NAME` loads configs/NAME.py.
-    py_modules=[],
-    package_data={},
+    # configs/ is code too, installed inside our namespace as oneshot_tf.configs
+    # (`--model=NAME` loads oneshot_tf.configs.NAME) rather than as a top-level
+    # `configs` that could clash with a user's own package.
+    packages=setuptools.find_packages(include=["oneshot_tf", "oneshot_tf.*"]) + ["oneshot_tf.configs"],
+    package_dir={"oneshot_tf.configs": "configs"},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow==2.21.0",

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from oneshot_tf import errors
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -53,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.adam_epsilon = 1e-7
     # Clip gradients to this global norm; 0 disables.
     config.train.grad_clip_norm = 0.0
-    # XLA-compile the training step (faster for MLPs, slower for convs on our CPU).
+    # XLA-compile the training step (whether it pays depends on the model and device).
     config.train.jit_compile = False
     # Steps run inside one tf.function call; also the logging period.
     config.train.steps_per_loop = 200
@@ -103,14 +105,14 @@ VARIANTS = ("default", "quick", "tiny")
 def apply_variant(
     config: ml_collections.ConfigDict, variant: str, *, quick_steps: int = 3000
 ) -> ml_collections.ConfigDict:
-    """Shrinks the run for `quick` (minutes on 2 CPU cores) or `tiny` (unit tests).
+    """Shrinks the run for `quick` (a run of minutes) or `tiny` (unit tests).
 
     Model sizes are the model config's business; this changes steps, episodes and
     sample counts only (`quick_steps` training steps for `quick`). Returns the
     config, locked so a misspelt field fails.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}")
+        raise errors.ConfigError(f"unknown config variant {variant!r}; valid: {', '.join(VARIANTS)}")
     if variant == "quick":
         config.train.steps = quick_steps
         config.train.steps_per_loop = 100

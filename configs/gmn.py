@@ -7,7 +7,7 @@ mirror images of the training characters as extra classes.
 Variants: default, quick, tiny. configs/gmn_fc.py and configs/gmn_c3.py build on it.
 """
 
-from configs import common
+from oneshot_tf.configs import common
 
 
 def base_config(variant: str):
@@ -33,7 +33,7 @@ def base_config(variant: str):
     config.data.num_classes = 1
     config.train.steps = 200_000
     config.train.eval_every = 1000
-    # A step takes ~1 s on 2 CPU cores: log (and check for signals) every 20.
+    # Slow steps: log (and check for signals) every 20.
     config.train.steps_per_loop = 20
     config.eval.batch_size = 10
     config.eval.chunk_size = 100

@@ -3,7 +3,7 @@
 Run as --model=gmn --config=configs/gmn_c3.py[:quick]. Variants: default, quick, tiny.
 """
 
-from configs import common, gmn
+from oneshot_tf.configs import common, gmn
 
 
 def get_config(variant: str = "default"):

@@ -6,7 +6,7 @@ scaled to `train.steps`).
 Variants: default, quick, tiny.
 """
 
-from configs import vae
+from oneshot_tf.configs import vae
 
 
 def get_config(variant: str = "default"):

@@ -5,7 +5,7 @@
 each scored given those before it (0..4 shots). Variants: default, quick, tiny.
 """
 
-from configs import common
+from oneshot_tf.configs import common
 
 
 def get_config(variant: str = "default"):
@@ -23,7 +23,7 @@ def get_config(variant: str = "default"):
     config.data.num_classes = 1
     config.train.steps = 200_000
     config.train.eval_every = 1000
-    # A step takes ~1 s on 2 CPU cores: log (and check for signals) every 20.
+    # Slow steps: log (and check for signals) every 20.
     config.train.steps_per_loop = 20
     config.train.grad_clip_norm = 10.0
     # Adam at 1e-3 diverged near step 1,200 in float32 and bfloat16 alike (gradient

@@ -5,7 +5,7 @@ layer of z with 16 dims, up-conv decoder; sets of 5 drawings of one character,
 batch 32 sets, Adam 1e-3. Variants: default, quick, tiny.
 """
 
-from configs import common
+from oneshot_tf.configs import common
 
 
 def get_config(variant: str = "default"):
@@ -27,12 +27,12 @@ def get_config(variant: str = "default"):
     config.data.num_classes = 1
     config.train.steps = 300_000
     config.train.eval_every = 1000
-    # A step takes ~1 s on 2 CPU cores: log (and check for signals) every 20.
+    # Slow steps: log (and check for signals) every 20.
     config.train.steps_per_loop = 20
     config.eval.batch_size = 10
     config.eval.chunk_size = 100
     # The likelihood rule runs the 0.2 GFLOP decoder per (query, class, sample):
-    # 36,000 pairs x 100 samples would cost ~0.7 PFLOP (~30 min here), so 10.
+    # Likelihood classification scores every (query, class) pair: 10 samples, not 100.
     # The paper's rule, KL between context posteriors, needs no samples.
     config.eval.classification_num_samples = 10
     if variant in ("quick", "tiny"):

@@ -1,15 +1,14 @@
 """VAE: the single-sample ELBO baseline (Kingma & Welling 2014).
 
-Variants: default (FC, Burda et al.'s two stochastic layers, K = 1), quick, tiny.
+Variants: default (MLPs, Burda et al.'s two stochastic layers, K = 1), quick, tiny.
 """
 
-from configs import common
+from oneshot_tf.configs import common
 
 
 def get_config(variant: str = "default"):
     config = common.get_config()
     config.model = "vae"
-    config.model_kwargs.architecture = "fc"
     config.model_kwargs.hidden_sizes = (200, 200)
     config.model_kwargs.latent_sizes = (100, 50)
     config.model_kwargs.upper_hidden_sizes = (100, 100)

@@ -4,8 +4,9 @@ Rules:
   * `likelihood`: the class whose support set gives the query the highest
     importance-sampled log p(query | support) (any conditional model);
   * `kl`: the class whose context posterior q(c | D_i) is closest to the query's,
-    argmin_i KL(q(c | D_i) || q(c | query)) (models with `context_posterior`, the
-    Neural Statistician's rule).
+    argmin_i KL(q(c | D_i) || q(c | query)) (the Neural Statistician's rule; models
+    that declare it have `context_posterior`).
+A model lists its rules in `classification_rules`, the primary one first.
 Tasks: Lake's 20 one-shot 20-way runs (error over 400 queries), random N-way
 K-shot episodes on test characters, and 10-way MNIST transfer.
 """
@@ -17,12 +18,6 @@ from absl import logging
 from oneshot_tf.data import few_shot
 
 RULES = ("likelihood", "kl")
-
-
-def available_rules(model) -> tuple:
-    if not model.conditional:
-        return ()
-    return RULES if hasattr(model, "context_posterior") else ("likelihood",)
 
 
 def _diag_gaussian_kl(mean_p, std_p, mean_q, std_q) -> np.ndarray:
@@ -103,9 +98,9 @@ def error_rate(model, task: dict, rule: str, **kwargs) -> float:
 def evaluate_classification(
     model, test_characters, data_dir, *, episodes: int = 400, num_samples: int = 100, seed: int = 0
 ) -> dict:
-    """Every task for every rule the model supports: {"<task>_<rule>_error": rate}."""
+    """Every task for every rule the model declares: {"<task>_<rule>_error": rate}."""
     results = {}
-    rules = available_rules(model)
+    rules = model.classification_rules
     if not rules:
         return results
     tasks = {"lake_20way_1shot": few_shot.load_lake_runs(data_dir)}

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import classify
+from oneshot_tf import classify, errors
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -56,7 +56,7 @@ def per_shot_log_probs(
       float64 [episodes, T], in nats.
     """
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        raise errors.ConfigError(f"num_samples must be >= 1, got {num_samples}")
     chunks = [min(chunk_size, num_samples - c) for c in range(0, num_samples, chunk_size)]
 
     @tf.function
@@ -109,10 +109,12 @@ def summarize(log_probs: np.ndarray) -> list:
 
 
 def estimator_note(model) -> str:
-    note = "log (1/K) sum_k p(x_t, z_k | x_<t) / q(z_k | x_t, x_<t), z_k from the recognition network"
+    notes = ["log (1/K) sum_k p(x_t, z_k | x_<t) / q(z_k | x_t, x_<t), z_k from the recognition network"]
     if not model.conditional:
-        note += "; the model is unconditional, so every t estimates log p(x_t)"
-    return note + getattr(model, "estimator_note", "")
+        notes.append("the model is unconditional, so every t estimates log p(x_t)")
+    if model.estimator_note:
+        notes.append(model.estimator_note)
+    return "; ".join(notes)
 
 
 def eval_filename(c_test: int) -> str:
@@ -128,7 +130,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     """
     workdir = pathlib.Path(workdir)
     model, step, checkpoint = restored or workdir_lib.restore_model(config, workdir)
-    splits = splits or workdir_lib.load_data(config, data_dir)
+    splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
     test = episodes.fixed_episodes(
         splits["test"],
         num_episodes=config.eval.episodes,
@@ -181,7 +183,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             "bits_per_dim": row["bits_per_dim"],
             "seconds": round(time.time() - start, 1),
         }
-    if config.eval.classification_queries and classify.available_rules(model):
+    if config.eval.classification_queries and model.classification_rules:
         start = time.time()
         errors = classify.evaluate_classification(
             model,
@@ -191,7 +193,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             num_samples=config.eval.classification_num_samples,
             seed=config.eval.seed,
         )
-        primary = classify.available_rules(model)[-1]  # The KL rule where the model has one.
+        primary = model.classification_rules[0]
         errors["lake_20way_1shot_error"] = errors[f"lake_20way_1shot_{primary}_error"]
         result["classification"] = {
             **errors,
@@ -257,7 +259,7 @@ def write_samples(config, workdir, data_dir, *, restored=None, splits=None) -> p
     """
     workdir = pathlib.Path(workdir)
     model, step, _ = restored or workdir_lib.restore_model(config, workdir)
-    splits = splits or workdir_lib.load_data(config, data_dir)
+    splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
     support = episodes.fixed_episodes(
         splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed
     )["images"]

@@ -12,7 +12,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # Keep TF's start-up banner out of the log.
 
-import importlib  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -22,12 +21,11 @@ from ml_collections import config_flags  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from oneshot_tf import evaluate, export, models, train  # noqa: E402
+from oneshot_tf import configs, errors, evaluate, export, models, precision, train  # noqa: E402
 from oneshot_tf import workdir as workdir_lib  # noqa: E402
 from oneshot_tf.data import omniglot  # noqa: E402
 
 MODES = ("train", "eval", "sample", "export", "all")
-_REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _MODEL = flags.DEFINE_enum("model", None, sorted(models.MODELS), "Model to run; picks configs/<model>.py.")
 _MODE = flags.DEFINE_enum("mode", "all", MODES, "train, eval, sample, export, or all of them in that order.")
@@ -38,24 +36,12 @@ _DATA_DIR = flags.DEFINE_string(
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/iwae.py:quick.", lock_config=True)
 
 
-def default_data_dir() -> pathlib.Path:
-    candidates = [os.environ.get("ONESHOT_TF_DATA_DIR"), _REPO.parent / "shared" / "data", pathlib.Path("data")]
-    for candidate in candidates:
-        if candidate and pathlib.Path(candidate).is_dir():
-            return pathlib.Path(candidate)
-    raise omniglot.DataError(
-        "no data directory: pass --data_dir or set $ONESHOT_TF_DATA_DIR (looked in "
-        + ", ".join(str(c) for c in candidates if c)
-        + ")"
-    )
-
-
 def load_config(model: str, config=None):
     """The --config config, or configs/<model>.py's default; checks they agree."""
     if config is None:
-        config = importlib.import_module(f"configs.{model}").get_config()
+        config = configs.get_config(model)
     if config.model != model:
-        raise ValueError(f"--model={model} but the config is for {config.model!r}")
+        raise errors.ConfigError(f"--model={model} but the config is for {config.model!r}")
     return config
 
 
@@ -66,7 +52,11 @@ def run_modes(mode: str, config, workdir, data_dir):
         return
     # The modes after training share one restored model and one load of the data.
     restored = workdir_lib.restore_model(config, workdir)
-    splits = workdir_lib.load_data(config, data_dir) if mode in ("eval", "sample", "all") else None
+    splits = (
+        omniglot.load_configured_splits(config.data, data_dir, config.seed)
+        if mode in ("eval", "sample", "all")
+        else None
+    )
     if mode in ("eval", "all"):
         evaluate.evaluate(config, workdir, data_dir, restored=restored, splits=splits)
     if mode in ("sample", "all"):
@@ -82,14 +72,15 @@ def main(argv):
         raise app.UsageError(f"--model is required; valid: {', '.join(sorted(models.MODELS))}")
     try:
         config = load_config(_MODEL.value, _CONFIG.value)
-        data_dir = pathlib.Path(_DATA_DIR.value) if _DATA_DIR.value else default_data_dir()
+        data_dir = pathlib.Path(_DATA_DIR.value) if _DATA_DIR.value else omniglot.default_data_dir()
         workdir = pathlib.Path(_WORKDIR.value or pathlib.Path("runs") / _MODEL.value)
         logging.info("model %s, mode %s, workdir %s, data %s", config.model, _MODE.value, workdir, data_dir)
+        precision.set_policy(config.precision)  # Once, before any model is built.
         run_modes(_MODE.value, config, workdir, data_dir)
     except train.Interrupted as e:
         logging.warning("%s", e)
         sys.exit(128 + e.signum)
-    except (omniglot.DataError, FileNotFoundError, ValueError) as e:
+    except (errors.UserError, omniglot.DataError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -7,16 +7,20 @@ models/layers.py OUTPUT_DTYPE).
 
 `auto` picks mixed_bfloat16 where bfloat16 arithmetic is native and fast: a GPU of
 compute capability 8.0 or newer (Ampere on), a TPU, or a CPU with AMX-BF16 or
-AVX-512-BF16; float32 elsewhere. Measured on this project's 2-core AVX-512-BF16 CPU
-(tools/benchmark.py, README "Speed"): bfloat16 training steps are 1.2x (IWAE MLP)
-to 1.41x (statistician convs) faster than float32.
+AVX-512-BF16; float32 elsewhere (README "Speed" has the measured step ratios).
+
+The policy is global Keras state: each entry point (oneshot_tf.main, the tools) sets
+it once with `set_policy`; library code and tests use `policy_scope`.
 """
 
+import contextlib
 import pathlib
 
 import keras
 import tensorflow as tf
 from absl import logging
+
+from oneshot_tf import errors
 
 POLICIES = ("float32", "mixed_bfloat16")
 CHOICES = ("auto",) + POLICIES
@@ -53,7 +57,7 @@ def fast_bfloat16_device() -> str | None:
 def _choose(precision: str) -> tuple:
     """(policy, why): the policy for `precision` and, for auto, the device that decided it."""
     if precision not in CHOICES:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(CHOICES)}")
+        raise errors.ConfigError(f"unknown precision {precision!r}; valid: {', '.join(CHOICES)}")
     if precision != "auto":
         return precision, None
     device = fast_bfloat16_device()
@@ -76,3 +80,15 @@ def set_policy(precision: str) -> str:
     else:
         logging.info("Keras dtype policy: %s", policy)
     return policy
+
+
+@contextlib.contextmanager
+def policy_scope(precision: str):
+    """Sets the policy for `precision` inside the block and restores the previous one
+    after it (for library users and tests that must not leave global state behind)."""
+    previous = keras.mixed_precision.global_policy()
+    set_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

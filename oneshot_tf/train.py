@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import evaluate, precision
+from oneshot_tf import errors, evaluate, models
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -51,7 +51,7 @@ def make_schedule(train_config):
         boundaries = [max(1, int(c * steps)) for c in cumulative]
         values = [lr * 10 ** (-i / 7) for i in range(8)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    raise ValueError(f"unknown schedule {train_config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    raise errors.ConfigError(f"unknown schedule {train_config.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def make_optimizer(train_config) -> keras.optimizers.Optimizer:
@@ -139,7 +139,7 @@ def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
         return loss, tf.linalg.global_norm(gradients)
 
     # XLA-compiling the step (not the loop, whose iterator XLA cannot compile) is a
-    # config choice: it speeds up MLPs and slowed conv nets on the CPU we measured.
+    # config choice: whether it pays depends on the model and the device (README "Speed").
     compiled_step = tf.function(step_fn, jit_compile=config.train.jit_compile)
 
     @tf.function
@@ -161,6 +161,9 @@ def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
 def train_and_evaluate(config, workdir, data_dir) -> int:
     """Trains `config.model` in `workdir`, resuming from its latest checkpoint.
 
+    The model computes in the current Keras dtype policy, which the entry point
+    sets once from `config.precision` (`precision.set_policy`).
+
     Args:
       config: a config from configs/<model>.py.
       workdir: output folder (see oneshot_tf/workdir.py).
@@ -172,14 +175,13 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    precision.set_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
-    splits = workdir_lib.load_data(config, data_dir)
+    splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
     total_steps = config.train.steps
 
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
-        model = workdir_lib.build_model(config)
+        model = models.build_model(config.model, **config.model_kwargs.to_dict())
         optimizer = make_optimizer(config.train)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False)

@@ -1,4 +1,4 @@
-"""What a workdir holds, and building a model from a config and a checkpoint.
+"""What a workdir holds: its layout, checkpoints, and restoring a model from them.
 
 Layout:
   checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step, best validation bound)
@@ -17,9 +17,7 @@ import pathlib
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import models, precision
-from oneshot_tf.data import omniglot
-from oneshot_tf.models import layers
+from oneshot_tf import errors, models
 
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
@@ -27,14 +25,6 @@ CHECKPOINT_CHOICES = ("best", "latest")
 
 # What restore_model returns; `checkpoint` is the kind restored, "best" or "latest".
 Restored = collections.namedtuple("Restored", ["model", "step", "checkpoint"])
-
-
-def build_model(config) -> models.base.FewShotModel:
-    """The registered model, with its variables created (by one call on zeros)."""
-    model = models.get_model(config.model, **config.model_kwargs.to_dict())
-    zeros = tf.zeros([1, 2, *layers.IMAGE_SHAPE])
-    model.elbo(zeros, tf.constant([0, 0]), training=False)
-    return model
 
 
 def make_checkpoint(model, **others) -> tf.train.Checkpoint:
@@ -60,7 +50,7 @@ def find_checkpoint(workdir, which: str = "latest") -> tuple:
       the workdir if it has no checkpoint, ValueError for an unknown `which`.
     """
     if which not in CHECKPOINT_CHOICES:
-        raise ValueError(f"unknown checkpoint {which!r}; valid: {', '.join(CHECKPOINT_CHOICES)}")
+        raise errors.ConfigError(f"unknown checkpoint {which!r}; valid: {', '.join(CHECKPOINT_CHOICES)}")
     workdir = pathlib.Path(workdir)
     if which == "best":
         best = tf.train.latest_checkpoint(workdir / BEST_CHECKPOINT)
@@ -69,12 +59,13 @@ def find_checkpoint(workdir, which: str = "latest") -> tuple:
         logging.warning("no validated checkpoint in %s; using the latest checkpoint", workdir / BEST_CHECKPOINT)
     latest = tf.train.latest_checkpoint(workdir / CHECKPOINTS)
     if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / CHECKPOINTS}: run --mode=train first")
+        raise errors.CheckpointError(f"no checkpoint in {workdir / CHECKPOINTS}: run --mode=train first")
     return latest, "latest"
 
 
 def restore_model(config, workdir, which: str | None = None) -> Restored:
-    """Builds the model and restores a checkpoint of `workdir` (see find_checkpoint).
+    """Builds the model (in the current Keras dtype policy) and restores a checkpoint of
+    `workdir` (see find_checkpoint).
 
     Args:
       which: "best" or "latest"; default config.eval.checkpoint.
@@ -83,27 +74,14 @@ def restore_model(config, workdir, which: str | None = None) -> Restored:
       Restored(model, step, checkpoint kind). Raises FileNotFoundError naming the
       workdir if it has no checkpoint.
     """
-    precision.set_policy(config.precision)
     prefix, kind = find_checkpoint(workdir, which or config.eval.checkpoint)
-    model = build_model(config)
+    model = models.build_model(config.model, **config.model_kwargs.to_dict())
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint = make_checkpoint(model, step=step)
     # Partial: the optimizer's slots are not needed; every model variable must be there.
     checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
     logging.info("Restored %s (%s checkpoint, step %d)", prefix, kind, int(step.numpy()))
     return Restored(model, int(step.numpy()), kind)
-
-
-def load_data(config, data_dir) -> dict:
-    """The train / val / test CharacterSets the config asks for."""
-    return omniglot.load_splits(
-        config.data.source,
-        data_dir,
-        split=config.data.split,
-        num_val_characters=config.data.num_val_characters,
-        seed=config.seed,
-        tfds_download=config.data.tfds_download,
-    )
 
 
 def write_json(path, payload: dict):

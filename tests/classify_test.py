@@ -1,4 +1,4 @@
-"""Few-shot classification on a briefly trained Neural Statistician."""
+"""Few-shot classification: the KL rule's math, and both rules on a briefly trained Neural Statistician."""
 
 import numpy as np
 import tensorflow as tf
@@ -7,34 +7,11 @@ from absl.testing import absltest
 
 from oneshot_tf import classify, evaluate, train
 from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import episodes, few_shot
+from oneshot_tf.data import episodes, few_shot, omniglot
 from tests import helpers
 
 
-class DataTest(tf.test.TestCase):
-    def test_lake_runs(self):
-        runs = few_shot.load_lake_runs(helpers.DATA_DIR)
-        self.assertEqual(runs["support"].shape, (20, 20, 1, 28, 28, 1))
-        self.assertEqual(runs["queries"].shape, (20, 20, 28, 28, 1))
-        # Each run has one query per class.
-        for labels in runs["labels"]:
-            self.assertCountEqual(labels.tolist(), range(20))
-        ink = runs["queries"].mean()
-        self.assertBetween(ink, 0.03, 0.2)  # ink = 1.0 and is the minority
-
-    def test_missing_runs_and_mnist(self):
-        empty = self.create_tempdir().full_path
-        with self.assertRaisesRegex(ValueError, "all_runs.zip"):
-            few_shot.load_lake_runs(empty)
-        with self.assertRaisesRegex(ValueError, "binarized_mnist_test.npz"):
-            few_shot.load_mnist(empty)
-
-    def test_random_episodes_group_classes(self):
-        mnist = few_shot.load_mnist(helpers.DATA_DIR)
-        task = few_shot.random_episodes(mnist, ways=10, shots=2, num_episodes=3)
-        self.assertEqual(task["support"].shape, (3, 10, 2, 28, 28, 1))
-        self.assertEqual(task["queries"].shape, (3, 10, 28, 28, 1))
-
+class KlRuleTest(tf.test.TestCase):
     def test_kl_matches_tfp(self):
         rng = np.random.default_rng(0)
         m1, m2 = rng.normal(size=(2, 4, 3))
@@ -62,7 +39,7 @@ class TrainedStatisticianTest(tf.test.TestCase):
         workdir = tf.compat.v1.test.get_temp_dir() + "/classify_statistician"
         train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
         cls.model = workdir_lib.restore_model(config, workdir).model
-        cls.test = workdir_lib.load_data(config, helpers.DATA_DIR)["test"]
+        cls.test = omniglot.load_configured_splits(config.data, helpers.DATA_DIR, config.seed)["test"]
 
     def test_own_character_scores_higher(self):
         task = few_shot.random_episodes(self.test, ways=2, shots=3, num_episodes=40, seed=1)
@@ -85,7 +62,7 @@ class TrainedStatisticianTest(tf.test.TestCase):
         self.assertGreater(log_probs[:, 5].mean(), log_probs[:, 0].mean())
 
     def test_rules_by_model(self):
-        self.assertEqual(classify.available_rules(self.model), ("likelihood", "kl"))
+        self.assertEqual(self.model.classification_rules, ("kl", "likelihood"))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest, parameterized
 
-from oneshot_tf import evaluate, export, models, train
+from oneshot_tf import evaluate, export, models, precision, train
 from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import episodes
+from oneshot_tf.data import episodes, omniglot
 from tests import helpers
 
 _FRESH_PROCESS = r"""
@@ -54,13 +54,14 @@ class ExportTest(tf.test.TestCase):
         cls.config = helpers.tiny_config("iwae")
         cls.config.train.steps = 20
         cls.config.precision = cls.PRECISION
+        cls.enterClassContext(precision.policy_scope(cls.PRECISION))
         cls.root = pathlib.Path(tf.compat.v1.test.get_temp_dir()) / f"export_test_{cls.PRECISION}"
         shutil.rmtree(cls.root, ignore_errors=True)
         train.train_and_evaluate(cls.config, cls.root, helpers.DATA_DIR)
         cls.path = export.export(cls.config, cls.root)
         cls.model = workdir_lib.restore_model(cls.config, cls.root).model
         cls.servable = export.Servable(cls.model)
-        splits = workdir_lib.load_data(cls.config, helpers.DATA_DIR)
+        splits = omniglot.load_configured_splits(cls.config.data, helpers.DATA_DIR, cls.config.seed)
         cls.episodes = episodes.fixed_episodes(splits["test"], num_episodes=6, set_size=4, seed=0)["images"]
         cls.inputs = {
             "support": cls.episodes[:, :3],
@@ -201,7 +202,7 @@ class EveryModelExportsTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(*sorted(models.MODELS))
     def test_export_and_reload(self, name):
         config = helpers.tiny_config(name)
-        model = workdir_lib.build_model(config)
+        model = models.build_model(config.model, **config.model_kwargs.to_dict())
         path = export.export_model(model, self.create_tempdir().full_path, name)
         loaded = tf.saved_model.load(str(path))
         servable = export.Servable(model)

@@ -3,18 +3,19 @@
 import keras
 import pytest
 
-from oneshot_tf import precision
+from oneshot_tf import errors, precision
 
 
 def test_explicit_policies_pass_through():
     assert precision.resolve("float32") == "float32"
     assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
-    assert precision.set_policy("mixed_bfloat16") == "mixed_bfloat16"
-    assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
+    with precision.policy_scope("mixed_bfloat16"):
+        assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # Restored.
 
 
 def test_bad_precision_names_the_choices():
-    with pytest.raises(ValueError, match="unknown precision 'float16'; valid: auto, float32, mixed_bfloat16"):
+    with pytest.raises(errors.ConfigError, match="unknown precision 'float16'; valid: auto, float32, mixed_bfloat16"):
         precision.resolve("float16")
 
 

@@ -9,12 +9,11 @@ import sys
 import time
 from unittest import mock
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import main, models, train
+from oneshot_tf import errors, main, models, precision, train
 from oneshot_tf import workdir as workdir_lib
 from tests import helpers
 
@@ -76,11 +75,11 @@ class EndToEndTest(tf.test.TestCase):
         config = helpers.tiny_config("iwae")
         config.precision = "mixed_bfloat16"
         workdir = pathlib.Path(self.create_tempdir())
-        try:
+        with precision.policy_scope(config.precision):
             main.run_modes("all", config, workdir, helpers.DATA_DIR)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-        rows = json.loads((workdir / "eval.json").read_text())["per_shot"]
+        result = json.loads((workdir / "eval.json").read_text())
+        self.assertEqual(result["precision"], "mixed_bfloat16")
+        rows = result["per_shot"]
         self.assertTrue(all(np.isfinite(row["log_prob"]) and row["log_prob"] < 0 for row in rows))
         loaded = tf.saved_model.load(str(workdir / "export" / "iwae" / "1"))
         probs = loaded.signatures["sample"](support=tf.zeros([1, 2, 28, 28, 1]), seed=tf.constant([0, 0]))["probs"]
@@ -146,7 +145,7 @@ class EndToEndTest(tf.test.TestCase):
             train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
             self.assertEqual(workdir_lib.restore_model(config, workdir, "best")[1], 6)
         self.assertEqual(workdir_lib.find_checkpoint(workdir, "best")[1], "best")
-        with self.assertRaisesRegex(ValueError, "valid: best, latest"):
+        with self.assertRaisesRegex(errors.ConfigError, "valid: best, latest"):
             workdir_lib.find_checkpoint(workdir, "newest")
 
     def test_best_checkpoint_falls_back_to_latest_without_validation(self):
@@ -167,7 +166,7 @@ class EndToEndTest(tf.test.TestCase):
         config.train.learning_rate = 0.0  # Weights stay put, so the gradient can be recomputed.
         config.train.grad_clip_norm = 1e-3
         strategy = tf.distribute.get_strategy()
-        model = workdir_lib.build_model(config)
+        model = models.build_model(config.model, **config.model_kwargs.to_dict())
         optimizer = train.make_optimizer(config.train)
         step = tf.Variable(0, dtype=tf.int64)
         batch = helpers.random_images([2, 1, 28, 28, 1])
@@ -203,7 +202,7 @@ class EndToEndTest(tf.test.TestCase):
         self.assertAllClose(float(schedule(0)), 1e-3)
         self.assertAllClose(float(schedule(3279)), 1e-3 * 10 ** (-1.0), rtol=1e-5)
         config.train.schedule = "linear"
-        with self.assertRaisesRegex(ValueError, "valid: constant, cosine, exponential, burda"):
+        with self.assertRaisesRegex(errors.ConfigError, "valid: constant, cosine, exponential, burda"):
             train.make_schedule(config.train)
 
 

@@ -25,18 +25,21 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tensorflow.python.profiler import model_analyzer, option_builder
 
-from oneshot_tf import evaluate, export, train
+from oneshot_tf import evaluate, export, models, train
 from oneshot_tf import precision as precision_lib
-from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import episodes
+from oneshot_tf.data import episodes, omniglot
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file[:variant].")
-_DATA_DIR = flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"), "")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 _PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
 _XLA = flags.DEFINE_list("xla", ["false"], "jit_compile settings to time (false, true).")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed training steps per setting (after a warm-up call).")
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 0, "Episodes for the per-shot table timing; 0 skips.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON report.")
+
+
+def _data_dir():
+    return _DATA_DIR.value or omniglot.default_data_dir()
 
 
 def _count_flops(concrete_function):
@@ -54,7 +57,7 @@ def _time_training(config, splits, precision: str, xla: bool) -> dict:
         config.train.jit_compile = xla
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
-        model = workdir_lib.build_model(config)
+        model = models.build_model(config.model, **config.model_kwargs.to_dict())
         optimizer = train.make_optimizer(config.train)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -132,7 +135,7 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/statistician.py")
-    splits = workdir_lib.load_data(config, _DATA_DIR.value)
+    splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)
     rows, serving = [], {}
     for precision in _PRECISIONS.value:
         for xla in _XLA.value:

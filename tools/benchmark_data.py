@@ -16,10 +16,14 @@ from absl import app, flags
 
 from oneshot_tf.data import episodes, omniglot
 
-_DATA_DIR = flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"), "")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Episodes per batch.")
 _SET_SIZE = flags.DEFINE_integer("set_size", 5, "Items per episode.")
 _BATCHES = flags.DEFINE_integer("batches", 2000, "Batches to time.")
+
+
+def _data_dir():
+    return _DATA_DIR.value or omniglot.default_data_dir()
 
 
 def _timed(fn):
@@ -30,7 +34,7 @@ def _timed(fn):
 
 def main(argv):
     del argv
-    data_dir = pathlib.Path(_DATA_DIR.value)
+    data_dir = pathlib.Path(_data_dir())
     results = {}
     with tempfile.TemporaryDirectory() as cache:
         _, results["upstream_decode_s"] = _timed(lambda: omniglot.load_upstream(data_dir, cache_dir=cache))

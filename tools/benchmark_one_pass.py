@@ -18,9 +18,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import precision
-from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.models import base
+from oneshot_tf import models, precision
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/gmn.py", "Model config.")
 _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes per call.")
@@ -41,15 +39,15 @@ def main(argv):
     del argv
     config = _CONFIG.value
     precision.set_policy(config.precision)
-    model = workdir_lib.build_model(config)
-    if type(model).per_shot_log_weights is base.FewShotModel.per_shot_log_weights:
+    model = models.build_model(config.model, **config.model_kwargs.to_dict())
+    if not model.one_pass_scoring:
         raise app.UsageError(f"{config.model} has no one-pass per_shot_log_weights to compare")
     episodes = tf.cast(
         tf.random.stateless_uniform([_EPISODES.value, _SET_SIZE.value, 28, 28, 1], [0, 0]) < 0.2, tf.float32
     )
     seed = tf.constant([1, 2])
     one_pass = tf.function(lambda e, s: model.per_shot_log_weights(e, _NUM_SAMPLES.value, s))
-    naive = tf.function(lambda e, s: base.FewShotModel.per_shot_log_weights(model, e, _NUM_SAMPLES.value, s))
+    naive = tf.function(lambda e, s: models.base.FewShotModel.per_shot_log_weights(model, e, _NUM_SAMPLES.value, s))
     one_pass_s = _time(one_pass, episodes, seed)
     naive_s = _time(naive, episodes, seed)
 
@@ -64,7 +62,7 @@ def main(argv):
 
     train_one_pass_s = _time(gradient_of(lambda e, s: model.per_shot_log_weights(e, 1, s)), episodes, seed)
     train_naive_s = _time(
-        gradient_of(lambda e, s: base.FewShotModel.per_shot_log_weights(model, e, 1, s)), episodes, seed
+        gradient_of(lambda e, s: models.base.FewShotModel.per_shot_log_weights(model, e, 1, s)), episodes, seed
     )
     print(
         json.dumps(

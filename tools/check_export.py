@@ -8,7 +8,6 @@ reports their mean difference next to the Monte Carlo spread of the exported
 estimate over seeds. Then times the `sample` signature at batch 1, 5 shots.
 """
 
-import importlib
 import json
 import pathlib
 import time
@@ -17,27 +16,32 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from oneshot_tf import evaluate
+from oneshot_tf import configs, evaluate, precision
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with checkpoints and export/.", required=True)
 _MODEL = flags.DEFINE_string("model", None, "Model name (configs/<model>.py).", required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"), "")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 _EPISODES = flags.DEFINE_integer("episodes", 100, "Test episodes.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Importance samples K.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Seeds for the Monte Carlo spread.")
 
 
+def _data_dir():
+    return _DATA_DIR.value or omniglot.default_data_dir()
+
+
 def main(argv):
     del argv
-    config = importlib.import_module(f"configs.{_MODEL.value}").get_config()
+    config = configs.get_config(_MODEL.value)
+    precision.set_policy(config.precision)
     workdir = pathlib.Path(_WORKDIR.value)
     model_dir = workdir / "export" / config.model
     version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
     loaded = tf.saved_model.load(str(model_dir / str(version)))
     model, step, _ = workdir_lib.restore_model(config, workdir)
-    splits = omniglot.load_splits(config.data.source, _DATA_DIR.value, seed=config.seed)
+    splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)
     test = episodes.fixed_episodes(splits["test"], num_episodes=_EPISODES.value, set_size=4, seed=0)["images"]
     evaluator = evaluate.per_shot_log_probs(model, test, num_samples=_NUM_SAMPLES.value, seed=0)
     exported = np.zeros((_REPEATS.value,) + evaluator.shape)

@@ -15,17 +15,21 @@ Training resumes in <workdir>/<policy>/ if it was interrupted.
 import json
 import pathlib
 
-import keras
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from oneshot_tf import evaluate, train
+from oneshot_tf import evaluate, precision, train
+from oneshot_tf.data import omniglot
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file[:variant].")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps for each policy.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/precision_check", "Holds one workdir per policy.")
-_DATA_DIR = flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"), "")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 _TOLERANCE = flags.DEFINE_float("tolerance", 0.5, "Largest acceptable |difference| in nats at any t.")
+
+
+def _data_dir():
+    return _DATA_DIR.value or omniglot.default_data_dir()
 
 
 def main(argv):
@@ -43,9 +47,9 @@ def main(argv):
             run.eval.classification_queries = 0
         workdir = pathlib.Path(_WORKDIR.value) / policy
         logging.info("training %s under %s for %d steps in %s", run.model, policy, _STEPS.value, workdir)
-        train.train_and_evaluate(run, workdir, _DATA_DIR.value)
-        tables[policy] = evaluate.evaluate(run, workdir, _DATA_DIR.value)
-    keras.mixed_precision.set_global_policy("float32")
+        with precision.policy_scope(policy):
+            train.train_and_evaluate(run, workdir, _data_dir())
+            tables[policy] = evaluate.evaluate(run, workdir, _data_dir())
     rows = []
     for f32, bf16 in zip(tables["float32"]["per_shot"], tables["mixed_bfloat16"]["per_shot"]):
         rows.append(

@@ -33,7 +33,7 @@ def binarize(ink_levels: tf.Tensor, mode: str, seed: tf.Tensor) -> tf.Tensor:
         return tf.cast(probs >= 0.5, tf.float32)
     if mode == "dynamic":
         return tf.cast(tf.random.stateless_uniform(tf.shape(probs), seed) < probs, tf.float32)
-    raise ValueError(f"unknown binarization {mode!r}; valid: {', '.join(BINARIZATIONS)}")
+    raise omniglot.DataError(f"unknown binarization {mode!r}; valid: {', '.join(BINARIZATIONS)}")
 
 
 def random_dilation(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
@@ -50,11 +50,11 @@ def random_dilation(images: tf.Tensor, probability: float, seed: tf.Tensor) -> t
 
 def check_episode_shape(set_size: int, num_classes: int, num_characters: int, num_drawers: int):
     if num_classes < 1 or set_size < 1:
-        raise ValueError(f"set_size={set_size} and num_classes={num_classes} must be >= 1")
+        raise omniglot.DataError(f"set_size={set_size} and num_classes={num_classes} must be >= 1")
     if num_classes > num_characters:
-        raise ValueError(f"num_classes={num_classes} exceeds the {num_characters} characters available")
+        raise omniglot.DataError(f"num_classes={num_classes} exceeds the {num_characters} characters available")
     if set_size > num_classes * num_drawers:
-        raise ValueError(
+        raise omniglot.DataError(
             f"set_size={set_size} needs more than num_classes * {num_drawers} drawers "
             "(items of a class are drawn without replacement)"
         )
@@ -82,7 +82,7 @@ def sample_episodes(
       int32 [batch, set_size] (row and column of `images`).
     """
     if class_mix not in CLASS_MIXES:
-        raise ValueError(f"unknown class_mix {class_mix!r}; valid: {', '.join(CLASS_MIXES)}")
+        raise omniglot.DataError(f"unknown class_mix {class_mix!r}; valid: {', '.join(CLASS_MIXES)}")
     num_characters, num_drawers = images.shape[0], images.shape[1]
     check_episode_shape(set_size, num_classes, num_characters, num_drawers)
     class_seed, mix_seed, drawer_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
@@ -152,7 +152,7 @@ def episode_dataset(
     """
     check_episode_shape(set_size, num_classes, len(characters), characters.images.shape[1])
     if binarization not in BINARIZATIONS:
-        raise ValueError(f"unknown binarization {binarization!r}; valid: {', '.join(BINARIZATIONS)}")
+        raise omniglot.DataError(f"unknown binarization {binarization!r}; valid: {', '.join(BINARIZATIONS)}")
     images = tf.constant(characters.images)
 
     def make_batch(index):

@@ -39,7 +39,25 @@ _GMN_FILES = {BACKGROUND: "train_small.npz", EVALUATION: "test_small.npz"}
 
 
 class DataError(ValueError):
-    """A data source is missing or malformed; the message names path and expectation."""
+    """A data source is missing or malformed, or the data config asks for what it
+    cannot give; the message names the path or field and what was expected."""
+
+
+# Where the project's machines keep the data: beside the repository.
+_SHARED_DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def default_data_dir() -> pathlib.Path:
+    """$ONESHOT_TF_DATA_DIR, else ../shared/data beside the repository, else ./data.
+
+    Raises DataError naming the places looked in when none is a directory.
+    """
+    candidates = [os.environ.get("ONESHOT_TF_DATA_DIR"), _SHARED_DATA, pathlib.Path("data")]
+    for candidate in candidates:
+        if candidate and pathlib.Path(candidate).is_dir():
+            return pathlib.Path(candidate)
+    looked = ", ".join(str(c) for c in candidates if c)
+    raise DataError(f"no data directory: pass --data_dir or set $ONESHOT_TF_DATA_DIR (looked in {looked})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +284,7 @@ def load_tfds(data_dir, download: bool = False, cache_dir=None) -> dict:
 def resolve_source(source: str, data_dir) -> str:
     """Picks a concrete source for `auto`: gmn28, then upstream, then tfds."""
     if source not in SOURCES:
-        raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
+        raise DataError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
     if source != "auto":
         return source
     data_dir = pathlib.Path(data_dir)
@@ -334,6 +352,18 @@ def with_turns_and_flips(characters: CharacterSet, *, turns: bool = True, flips:
     return CharacterSet(tuple(names), np.ascontiguousarray(np.concatenate(images)))
 
 
+def load_configured_splits(data_config, data_dir, seed: int) -> dict:
+    """`load_splits` with the fields of a config's `data` section (configs/common.py)."""
+    return load_splits(
+        data_config.source,
+        data_dir,
+        split=data_config.split,
+        num_val_characters=data_config.num_val_characters,
+        seed=seed,
+        tfds_download=data_config.tfds_download,
+    )
+
+
 def load_splits(
     source: str = "auto",
     data_dir=None,
@@ -358,13 +388,13 @@ def load_splits(
       {"train": CharacterSet, "val": CharacterSet, "test": CharacterSet}.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     halves = load_source(source, data_dir, tfds_download=tfds_download, cache_dir=cache_dir)
     if split == "vinyals":
         return _vinyals(halves, data_dir)
     background = halves[BACKGROUND]
     if not 0 <= num_val_characters < len(background):
-        raise ValueError(f"num_val_characters={num_val_characters} must be in [0, {len(background)})")
+        raise DataError(f"num_val_characters={num_val_characters} must be in [0, {len(background)})")
     order = np.random.default_rng(seed).permutation(len(background))
     val = sorted(order[:num_val_characters])
     train = sorted(order[num_val_characters:])

@@ -31,10 +31,23 @@ def check_images(x: tf.Tensor, rank: int, name: str):
 
 
 class FewShotModel(keras.Model):
-    """Base class: scores and draws images given a support set."""
+    """Base class: scores and draws images given a support set.
+
+    What a model can do beyond the three methods is declared, not probed:
+    `conditional`, `classification_rules`, `estimator_note` and `one_pass_scoring`
+    (class attributes; subclasses override them).
+    """
 
     #: False for models that ignore the support set (vae, iwae).
     conditional = True
+    #: Few-shot classification rules (oneshot_tf/classify.py), the primary one first:
+    #: "likelihood" (any conditional model), "kl" (needs `context_posterior`).
+    classification_rules = ("likelihood",)
+    #: How the per-shot estimate samples, beyond the base estimator (eval.json states it).
+    estimator_note = ""
+    #: True when `per_shot_log_weights` scores all positions in one pass rather than
+    #: the base class's loop over positions.
+    one_pass_scoring = False
 
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Training bound per set, in nats.

@@ -34,6 +34,80 @@ tfd = tfp.distributions
 CONDITIONINGS = ("attention", "mean")
 
 
+class GruCell(keras.layers.Layer):
+    """A GRU update for any leading dims: (inputs [..., I], state [..., units]) -> state."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.gates = keras.layers.Dense(2 * units, activation="sigmoid")
+        self.candidate = keras.layers.Dense(units, activation="tanh")
+
+    def call(self, inputs: tf.Tensor, state: tf.Tensor) -> tf.Tensor:
+        update, reset = tf.split(self.gates(tf.concat([inputs, state], axis=-1)), 2, axis=-1)
+        candidate = self.candidate(tf.concat([inputs, reset * state], axis=-1))
+        return (1.0 - update) * candidate + update * state
+
+
+class ResidualConvEncoder(keras.layers.Layer):
+    """ResNet-style encoder [N, 28, 28, 1] -> [N, features]: 28 -> 13 -> 6 -> 3.
+
+    Each stage: a strided 3x3 conv ('valid', 'valid', 'same') then a residual block
+    of two 3x3 convs; ELU activations. (Bartunov & Vetrov 2018's conv GMN encoder.)
+    """
+
+    def __init__(self, channels=(32, 64, 128), **kwargs):
+        super().__init__(**kwargs)
+        if len(channels) != 3:
+            raise ValueError(f"ResidualConvEncoder has 3 stages (28 -> 13 -> 6 -> 3), got {channels}")
+        self.output_size = 3 * 3 * channels[-1]
+        self.downs = [
+            keras.layers.Conv2D(c, 3, strides=2, padding=p, activation="elu")
+            for c, p in zip(channels, ("valid", "valid", "same"))
+        ]
+        self.residuals = [
+            [keras.layers.Conv2D(c, 3, padding="same", activation="elu"), keras.layers.Conv2D(c, 3, padding="same")]
+            for c in channels
+        ]
+        self.flatten = keras.layers.Flatten()
+
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        del training
+        x = images
+        for down, (conv_a, conv_b) in zip(self.downs, self.residuals):
+            x = down(x)
+            x = tf.nn.elu(x + conv_b(conv_a(x)))
+        return self.flatten(x)
+
+
+class ResidualConvDecoder(keras.layers.Layer):
+    """Mirror of ResidualConvEncoder: [N, D] -> logits [N, 28, 28, 1], 3 -> 6 -> 13 -> 28."""
+
+    def __init__(self, channels=(128, 64, 32), **kwargs):
+        super().__init__(**kwargs)
+        if len(channels) != 3:
+            raise ValueError(f"ResidualConvDecoder has 3 stages (3 -> 6 -> 13 -> 28), got {channels}")
+        self.project = keras.layers.Dense(3 * 3 * channels[0], activation="elu")
+        self.reshape = keras.layers.Reshape((3, 3, channels[0]))
+        self.residuals = [
+            [keras.layers.Conv2D(c, 3, padding="same", activation="elu"), keras.layers.Conv2D(c, 3, padding="same")]
+            for c in channels
+        ]
+        next_channels = list(channels[1:]) + [channels[-1]]
+        self.ups = [
+            keras.layers.Conv2DTranspose(c, k, strides=2, padding=p, activation="elu")
+            for c, k, p in zip(next_channels, (3, 3, 4), ("same", "valid", "valid"))
+        ]
+        self.logits = keras.layers.Conv2D(1, 3, padding="same", dtype=layers.OUTPUT_DTYPE)
+
+    def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
+        del training
+        x = self.reshape(self.project(code))
+        for (conv_a, conv_b), up in zip(self.residuals, self.ups):
+            x = tf.nn.elu(x + conv_b(conv_a(x)))
+            x = up(x)
+        return self.logits(x)
+
+
 class MatchingController(keras.layers.Layer):
     """Reads a support set by repeated matching attention; returns its final state.
 
@@ -54,7 +128,7 @@ class MatchingController(keras.layers.Layer):
         self.query = keras.layers.Dense(key_size)
         self.key = keras.layers.Dense(key_size)
         self.value = keras.layers.Dense(units)
-        self.cell = layers.GruCell(units)
+        self.cell = GruCell(units)
         # beta = exp(log_strength), the sharpness of the cosine kernel; e^2 ~ 7.4 at start.
         self.log_strength = self.add_weight(shape=(), initializer=keras.initializers.Constant(2.0), name="log_strength")
 
@@ -81,6 +155,8 @@ class MatchingController(keras.layers.Layer):
 
 class GenerativeMatchingNetwork(base.FewShotModel):
     """GMN with an FC or conv (ResNet-style) embedding and generator."""
+
+    one_pass_scoring = True
 
     def __init__(
         self,
@@ -112,8 +188,8 @@ class GenerativeMatchingNetwork(base.FewShotModel):
         """
         super().__init__(**kwargs)
         if architecture == "conv":
-            self.encoder = layers.ResidualConvEncoder(hidden_sizes)
-            self.decoder = layers.ResidualConvDecoder(tuple(reversed(hidden_sizes)))
+            self.encoder = ResidualConvEncoder(hidden_sizes)
+            self.decoder = ResidualConvDecoder(tuple(reversed(hidden_sizes)))
         elif architecture == "fc":
             self.encoder = layers.FcEncoder(hidden_sizes, activation="elu")
             self.decoder = layers.FcDecoder(tuple(reversed(hidden_sizes)), activation="elu")
@@ -142,6 +218,11 @@ class GenerativeMatchingNetwork(base.FewShotModel):
         pseudo = tf.broadcast_to(pseudo, tf.concat([tf.shape(embeddings)[:1], [1, self.embedding_size]], axis=0))
         return tf.concat([pseudo, embeddings], axis=1)
 
+    def _open_support(self, support: tf.Tensor) -> tuple:
+        """Support images [B, S, ...] -> (slots [B, S + 1, E] with the pseudo-input, mask [1, S + 1])."""
+        slots = self._support(self._embed(support, False))
+        return slots, layers.full_mask(tf.shape(slots)[1])
+
     def _prior(self, support: tf.Tensor, mask: tf.Tensor, num_queries) -> tfd.Distribution:
         """p(z | support slots [B, J]) for Q query positions under mask [Q, J]: batch [B, Q]."""
         ones = tf.ones(tf.stack([tf.shape(support)[0], num_queries, 1]), support.dtype)
@@ -164,15 +245,13 @@ class GenerativeMatchingNetwork(base.FewShotModel):
     def _causal_terms(self, episodes: tf.Tensor, draw_z, training: bool) -> tf.Tensor:
         """All positions in one pass: [B, T, 28, 28, 1] -> log-weights [K, B, T]."""
         embeddings = self._embed(episodes, training)
-        num_items = tf.shape(episodes)[1]
-        # Position t sees the pseudo-input (slot 0) and items 1..t-1 (slots 1..t-1).
-        mask = tf.sequence_mask(tf.range(num_items) + 1, num_items + 1)
+        # Position t sees the pseudo-input (slot 0) and the items before it.
+        mask = layers.causal_mask(tf.shape(episodes)[1])
         return self._terms(self._support(embeddings), mask, embeddings, episodes, draw_z, training)
 
     def _set_terms(self, support: tf.Tensor, query: tf.Tensor, draw_z) -> tf.Tensor:
         """One query per support set (no mask): support [B, S], query [B] -> [K, B]."""
-        slots = self._support(self._embed(support, False))
-        mask = tf.ones([1, tf.shape(slots)[1]], tf.bool)
+        slots, mask = self._open_support(support)
         query = query[:, None]
         return self._terms(slots, mask, self._embed(query, False), query, draw_z, training=False)[..., 0]
 
@@ -190,13 +269,12 @@ class GenerativeMatchingNetwork(base.FewShotModel):
 
     def prior(self, support: tf.Tensor) -> tfd.Distribution:
         """p(z | support) for support [B, S, 28, 28, 1] (S >= 0): batch [B], event [latent]."""
-        slots = self._support(self._embed(support, False))
-        prior = self._prior(slots, tf.ones([1, tf.shape(slots)[1]], tf.bool), 1)
+        slots, mask = self._open_support(support)
+        prior = self._prior(slots, mask, 1)
         return tfd.MultivariateNormalDiag(prior.mean()[:, 0], prior.stddev()[:, 0])
 
     def sample_probs(self, support: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        slots = self._support(self._embed(support, False))
-        mask = tf.ones([1, tf.shape(slots)[1]], tf.bool)
+        slots, mask = self._open_support(support)
         z = self._prior(slots, mask, 1).sample(seed=seed)  # [B, 1, latent]
         read = self.generator_controller(z, slots, mask)
         logits = self.decoder(tf.concat([tf.cast(z, read.dtype), read], axis=-1)[:, 0])

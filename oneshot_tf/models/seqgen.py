@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from oneshot_tf.models import base, layers
+from oneshot_tf.models import base, layers, spatial_transformer
 
 tfd = tfp.distributions
 
@@ -43,6 +43,8 @@ class TransformerParams(keras.layers.Layer):
 
 class SequentialGenerativeModel(base.FewShotModel):
     """DRAW-style canvas model reading its support at every step."""
+
+    one_pass_scoring = True
 
     def __init__(
         self,
@@ -94,7 +96,7 @@ class SequentialGenerativeModel(base.FewShotModel):
           mask: bool [N, J], visible slots (slot 0, the learned patch, always).
         """
         params = self.support_read(hidden)[:, None]  # [N, 1, 4]
-        patches = layers.transformer_read(support, slot_of, params, self.read_size)  # [N, J-1, p, p]
+        patches = spatial_transformer.read(support, slot_of, params, self.read_size)  # [N, J-1, p, p]
         patches = tf.reshape(patches, tf.concat([tf.shape(slot_of), [self.read_size**2]], 0))
         empty = tf.broadcast_to(self.empty_patch, tf.stack([tf.shape(hidden)[0], 1, self.read_size**2]))
         patches = tf.concat([tf.cast(empty, tf.float32), patches], axis=1)  # [N, J, p*p]
@@ -124,7 +126,7 @@ class SequentialGenerativeModel(base.FewShotModel):
             else:
                 error = targets - tf.sigmoid(canvas + self.canvas_bias)
                 params = self.target_read(hidden)
-                glimpse = layers.transformer_read(
+                glimpse = spatial_transformer.read(
                     tf.concat([targets, error], 0), tf.stack([index, index + num], 1), params[:, None], self.read_size
                 )
                 glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
@@ -139,7 +141,7 @@ class SequentialGenerativeModel(base.FewShotModel):
             patch = tf.reshape(
                 tf.cast(self.write_patch(hidden), tf.float32), tf.stack([num, self.write_size, self.write_size])
             )
-            canvas += layers.transformer_write(patch, self.write_params(hidden), 28)
+            canvas += spatial_transformer.write(patch, self.write_params(hidden), 28)
             return s + 1, list(decoder_state), list(encoder_state), canvas, log_ratio
 
         # A symbolic loop, not S unrolled copies: an 80-step graph took over ten
@@ -181,22 +183,19 @@ class SequentialGenerativeModel(base.FewShotModel):
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Each item given the items before it (a causal mask), summed over the set."""
         base.check_images(batch, 5, "batch")
-        num_items = tf.shape(batch)[1]
-        mask = tf.sequence_mask(tf.range(num_items) + 1, num_items + 1)
+        mask = layers.causal_mask(tf.shape(batch)[1])
         return tf.reduce_sum(self._log_weights(batch, batch, mask, 1, seed, training_kl=True)[0], axis=1)
 
     def per_shot_log_weights(self, episodes: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
         base.check_images(episodes, 5, "episodes")
-        num_items = tf.shape(episodes)[1]
-        mask = tf.sequence_mask(tf.range(num_items) + 1, num_items + 1)
-        return self._log_weights(episodes, episodes, mask, num_samples, seed)
+        return self._log_weights(episodes, episodes, layers.causal_mask(tf.shape(episodes)[1]), num_samples, seed)
 
     def log_weights(self, support: tf.Tensor, query: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
-        mask = tf.ones([1, tf.shape(support)[1] + 1], tf.bool)
+        mask = layers.full_mask(tf.shape(support)[1] + 1)
         return self._log_weights(support, query[:, None], mask, num_samples, seed)[..., 0]
 
     def sample_probs(self, support: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        mask = tf.ones([1, tf.shape(support)[1] + 1], tf.bool)
+        mask = layers.full_mask(tf.shape(support)[1] + 1)
         no_targets = tf.zeros(tf.stack([tf.shape(support)[0], 1, 28, 28, 1]))
         _, rows, slot_of, sequence_mask = self._sequences(support, no_targets, mask, 1)
         logits, _ = self._run(None, rows, slot_of, sequence_mask, seed, training_kl=False)

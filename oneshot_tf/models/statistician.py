@@ -28,6 +28,119 @@ from oneshot_tf.models import base, layers
 tfd = tfp.distributions
 
 
+class ConvEncoder(keras.layers.Layer):
+    """Strided conv stack: [N, 28, 28, 1] -> [N, features].
+
+    Each stage is `convs_per_stage` 3x3 convs (the last one stride 2) with batch norm
+    and ELU, so 28 -> 14 -> 7 -> 4 for three stages.
+    """
+
+    def __init__(self, channels=(32, 64, 128), convs_per_stage: int = 1, batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        size = 28
+        for _ in channels:
+            size = (size + 1) // 2
+        self.output_size = size * size * channels[-1]
+        blocks = []
+        for c in channels:
+            for i in range(convs_per_stage):
+                stride = 2 if i == convs_per_stage - 1 else 1
+                blocks.append(keras.layers.Conv2D(c, 3, strides=stride, padding="same", use_bias=not batch_norm))
+                if batch_norm:
+                    blocks.append(layers.BatchNorm())
+                blocks.append(keras.layers.Activation("elu"))
+        blocks.append(keras.layers.Flatten())
+        self.net = layers.Chain(blocks)
+
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.net(images, training=training)
+
+
+def _conv_bn_elu(channels: int, *, kernel: int = 3, strides: int = 1, padding: str = "same", transpose=False):
+    conv = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    return [
+        conv(channels, kernel, strides=strides, padding=padding, use_bias=False),
+        layers.BatchNorm(),
+        keras.layers.Activation("elu"),
+    ]
+
+
+class UpConvDecoder(keras.layers.Layer):
+    """Code -> Bernoulli logits [N, 28, 28, 1] by 2x2 transposed convs, 4 -> 8 -> 16 -> 28.
+
+    Dense to [4, 4, channels[0]]; each stage is `convs_per_stage` 3x3 convs and a 2x2
+    stride-2 transposed conv; the last stage's last 3x3 conv is 'valid' (16 -> 14) so
+    the final transposed conv lands on 28. A 1x1 conv gives the logits. Batch norm and
+    ELU after every layer but the last (the Neural Statistician's Omniglot decoder).
+    """
+
+    def __init__(self, channels=(256, 128, 64), convs_per_stage: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if len(channels) != 3 or convs_per_stage < 1:
+            raise ValueError(f"UpConvDecoder needs 3 stage channels and convs_per_stage >= 1, got {channels}")
+        blocks = [
+            keras.layers.Dense(4 * 4 * channels[0], use_bias=False),
+            layers.BatchNorm(),
+            keras.layers.Activation("elu"),
+            keras.layers.Reshape((4, 4, channels[0])),
+        ]
+        for stage, c in enumerate(channels):
+            for i in range(convs_per_stage):
+                last = stage == len(channels) - 1 and i == convs_per_stage - 1
+                blocks += _conv_bn_elu(c, padding="valid" if last else "same")
+            blocks += _conv_bn_elu(c, kernel=2, strides=2, transpose=True)
+        blocks.append(keras.layers.Conv2D(1, 1, dtype=layers.OUTPUT_DTYPE))
+        self.net = layers.Chain(blocks)
+
+    def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """code: [N, D] -> logits [N, 28, 28, 1]."""
+        return self.net(code, training=training)
+
+
+class ResidualBlock(keras.layers.Layer):
+    """x + f(x) with f = `num_layers` x [Dense + batch norm] (ELU between), then ELU.
+
+    Any leading dims: [..., width] -> [..., width].
+    """
+
+    def __init__(self, width: int, num_layers: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        chain = []
+        for i in range(num_layers):
+            chain += [keras.layers.Dense(width, use_bias=False), layers.BatchNorm()]
+            if i < num_layers - 1:
+                chain.append(keras.layers.Activation("elu"))
+        self.net = layers.Chain(chain)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return tf.nn.elu(x + self.net(x, training=training))
+
+
+class ConditionalGaussian(keras.layers.Layer):
+    """Gaussian over `size` dims given several inputs: sum of Dense(width) of each
+    input, batch norm, ELU, a ResidualBlock, then a layers.NormalHead.
+
+    Inputs share leading dims [...]; returns batch shape [...], event [size].
+    """
+
+    def __init__(self, width: int, size: int, num_inputs: int, *, residual_layers: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.projections = [keras.layers.Dense(width) for _ in range(num_inputs)]
+        self.norm = layers.BatchNorm()
+        self.residual = ResidualBlock(width, residual_layers)
+        self.head = layers.NormalHead(size)
+
+    def call(self, inputs: list, training: bool = False) -> tfd.Distribution:
+        if len(inputs) != len(self.projections):
+            raise ValueError(f"expected {len(self.projections)} inputs, got {len(inputs)}")
+        # `+` broadcasts, so inputs may differ in leading dims ([B, T, F] with [K, B, T, C]).
+        hidden = self.projections[0](inputs[0])
+        for project, x in zip(self.projections[1:], inputs[1:]):
+            hidden = hidden + project(x)
+        hidden = tf.nn.elu(self.norm(hidden, training=training))
+        return self.head(self.residual(hidden, training=training))
+
+
 class StatisticNetwork(keras.layers.Layer):
     """q(c | D): per-item Dense + BN + ELU, mean over the set, MLP, Gaussian head.
 
@@ -73,9 +186,11 @@ class StatisticNetwork(keras.layers.Layer):
 class NeuralStatistician(base.FewShotModel):
     """Shared conv encoder, statistic network, L-layer latent z, up-conv decoder."""
 
+    classification_rules = ("kl", "likelihood")
     estimator_note = (
-        "; the context c is sampled from q(c | x_<t) jointly with z inside the same K samples (p(c) at t = 1)"
+        "the context c is sampled from q(c | x_<t) jointly with z inside the same K samples (p(c) at t = 1)"
     )
+    one_pass_scoring = True
 
     def __init__(
         self,
@@ -107,21 +222,21 @@ class NeuralStatistician(base.FewShotModel):
             raise ValueError(f"num_latent_layers must be >= 1, got {num_latent_layers}")
         self.context_size = context_size
         self.num_latent_layers = num_latent_layers
-        self.encoder = layers.ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
+        self.encoder = ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
         self.statistic = StatisticNetwork(hidden_size, context_size)
         # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
         self.posteriors = [
-            layers.ConditionalGaussian(hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers)
+            ConditionalGaussian(hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers)
             for layer in range(num_latent_layers)
         ]
         self.priors = [
-            layers.ConditionalGaussian(hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers)
+            ConditionalGaussian(hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers)
             for layer in range(num_latent_layers)
         ]
         self.decoder_z = keras.layers.Dense(hidden_size)
         self.decoder_c = keras.layers.Dense(hidden_size)
         self.decoder_norm = layers.BatchNorm()
-        self.decoder = layers.UpConvDecoder(decoder_channels, decoder_convs_per_stage)
+        self.decoder = UpConvDecoder(decoder_channels, decoder_convs_per_stage)
 
     def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         """[..., 28, 28, 1] with 1 or 2 leading dims -> features [..., F]."""

@@ -15,20 +15,34 @@ The support set is ignored: log p(x_t | x_<t) = log p(x_t) at every t.
     arXiv:1509.00519
 """
 
+import keras
 import tensorflow as tf
 
 from oneshot_tf.models import base, layers
 
 
+class GaussianMlp(keras.layers.Layer):
+    """MLP followed by a NormalHead: [..., D] -> Gaussian over `size` dims, batch shape [...]."""
+
+    def __init__(self, hidden_sizes, size: int, activation: str = "tanh", **kwargs):
+        super().__init__(**kwargs)
+        self.net = layers.mlp(hidden_sizes, activation)
+        self.head = layers.NormalHead(size)
+
+    def call(self, inputs: tf.Tensor):
+        return self.head(self.net(inputs))
+
+
 class Vae(base.FewShotModel):
-    """VAE / IWAE with an FC or conv bottom layer and MLP upper stochastic layers."""
+    """VAE / IWAE: MLP encoder and decoder between x and z_1, MLPs between the z layers."""
 
     conditional = False
+    classification_rules = ()
+    one_pass_scoring = True
 
     def __init__(
         self,
         *,  # Makes all args keyword only.
-        architecture: str = "fc",
         hidden_sizes=(200, 200),
         latent_sizes=(100, 50),
         upper_hidden_sizes=(100, 100),
@@ -39,9 +53,7 @@ class Vae(base.FewShotModel):
         """Builds the networks.
 
         Args:
-          architecture: `fc` or `conv` for the x <-> z_1 networks.
-          hidden_sizes: hidden widths (fc) or channels per stage (conv) of the encoder;
-            the decoder mirrors them.
+          hidden_sizes: hidden widths of the encoder MLP; the decoder mirrors them.
           latent_sizes: sizes of z_1 .. z_L.
           upper_hidden_sizes: hidden widths of the MLPs between z_l and z_{l+1}.
           activation: activation of the MLPs.
@@ -54,12 +66,12 @@ class Vae(base.FewShotModel):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.latent_sizes = tuple(latent_sizes)
         self.num_samples = num_samples
-        self.encoder = layers.make_encoder(architecture, hidden_sizes, activation)
-        self.decoder = layers.make_decoder(architecture, hidden_sizes, activation)
+        self.encoder = layers.FcEncoder(hidden_sizes, activation)
+        self.decoder = layers.FcDecoder(tuple(reversed(hidden_sizes)), activation)
         self.bottom_posterior = layers.NormalHead(latent_sizes[0])
         # q(z_{l+1} | z_l) and p(z_l | z_{l+1}) for l = 1 .. L-1.
-        self.upper_posteriors = [layers.GaussianMlp(upper_hidden_sizes, size, activation) for size in latent_sizes[1:]]
-        self.lower_priors = [layers.GaussianMlp(upper_hidden_sizes, size, activation) for size in latent_sizes[:-1]]
+        self.upper_posteriors = [GaussianMlp(upper_hidden_sizes, size, activation) for size in latent_sizes[1:]]
+        self.lower_priors = [GaussianMlp(upper_hidden_sizes, size, activation) for size in latent_sizes[:-1]]
 
     def _log_weights(self, images: tf.Tensor, num_samples, seed: tf.Tensor, training: bool) -> tf.Tensor:
         """images [N, 28, 28, 1] -> log p(x, z^k) - log q(z^k | x), float32 [K, N]."""

@@ -69,15 +69,15 @@ class EpisodesTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(dynamic.mean(axis=0), np.arange(256) / 255.0, atol=0.1)
         self.assertAllEqual(dynamic[:, 0], np.zeros(400))
         self.assertAllEqual(dynamic[:, 255], np.ones(400))
-        with self.assertRaisesRegex(ValueError, "valid: fixed, dynamic"):
+        with self.assertRaisesRegex(omniglot.DataError, "valid: fixed, dynamic"):
             episodes.binarize(levels, "otsu", tf.constant([0, 0]))
 
     def test_bad_episode_shapes(self):
-        with self.assertRaisesRegex(ValueError, "without replacement"):
+        with self.assertRaisesRegex(omniglot.DataError, "without replacement"):
             self._sample(batch_size=1, set_size=21, num_classes=1)
-        with self.assertRaisesRegex(ValueError, "exceeds the 50 characters"):
+        with self.assertRaisesRegex(omniglot.DataError, "exceeds the 50 characters"):
             episodes.episode_dataset(self.splits["val"], batch_size=1, set_size=60, num_classes=60)
-        with self.assertRaisesRegex(ValueError, "valid: balanced, random"):
+        with self.assertRaisesRegex(omniglot.DataError, "valid: balanced, random"):
             self._sample(batch_size=1, set_size=2, num_classes=1, class_mix="skewed")
 
     def test_random_dilation(self):

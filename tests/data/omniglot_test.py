@@ -123,9 +123,9 @@ class ErrorsTest(tf.test.TestCase):
             omniglot.load_tfds(empty, download=False)
 
     def test_unknown_source_and_split(self):
-        with self.assertRaisesRegex(ValueError, "valid: auto, gmn28, upstream, tfds"):
+        with self.assertRaisesRegex(omniglot.DataError, "valid: auto, gmn28, upstream, tfds"):
             omniglot.load_splits("mnist", helpers.DATA_DIR)
-        with self.assertRaisesRegex(ValueError, "valid: lake, vinyals"):
+        with self.assertRaisesRegex(omniglot.DataError, "valid: lake, vinyals"):
             omniglot.load_splits("gmn28", helpers.DATA_DIR, split="random")
 
 

@@ -3,19 +3,13 @@
 import tensorflow as tf
 from absl.testing import absltest, parameterized
 
-from oneshot_tf import models
 from tests import helpers
-
-
-def _model(**overrides):
-    config = helpers.tiny_config("gmn")
-    return models.get_model(config.model, **{**config.model_kwargs.to_dict(), **overrides})
 
 
 class GmnTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters("attention", "mean")
     def test_prior_ignores_support_order(self, conditioning):
-        model = _model(conditioning=conditioning)
+        model = helpers.tiny_model("gmn", conditioning=conditioning)
         support = helpers.random_images([3, 6, 28, 28, 1])
         permuted = tf.gather(support, [5, 3, 1, 0, 2, 4], axis=1)
         a, b = model.prior(support), model.prior(permuted)
@@ -24,7 +18,7 @@ class GmnTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotAllClose(a.mean(), model.prior(support[:, :2]).mean())
 
     def test_position_never_sees_later_items(self):
-        model = _model()
+        model = helpers.tiny_model("gmn")
         episodes = helpers.random_images([2, 6, 28, 28, 1])
         changed = tf.concat([episodes[:, :4], helpers.random_images([2, 2, 28, 28, 1], seed=7)], axis=1)
         seed = tf.constant([3, 4])
@@ -34,7 +28,7 @@ class GmnTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotAllClose(a[:, :, 4:], b[:, :, 4:])
 
     def test_zero_shots_condition_on_the_pseudo_input(self):
-        model = _model()
+        model = helpers.tiny_model("gmn")
         empty = tf.zeros([2, 0, 28, 28, 1])
         before = model.prior(empty).mean()
         model.pseudo_input.assign(model.pseudo_input + 1.0)
@@ -44,7 +38,7 @@ class GmnTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.parameters("attention", "mean")
     def test_batched_causal_pass_equals_naive_loop(self, conditioning):
-        model = _model(conditioning=conditioning)
+        model = helpers.tiny_model("gmn", conditioning=conditioning)
         episodes = helpers.random_images([2, 5, 28, 28, 1])
         z = tf.random.stateless_normal([3, 2, 5, 3], [1, 2])  # [K, B, T, latent]
         batched = model._causal_terms(episodes, lambda q: z, training=False)

@@ -1,20 +1,15 @@
 """Interface tests run on every registered model (tiny configs)."""
 
-import importlib
+import pathlib
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest, parameterized
 
-from oneshot_tf import models
-from oneshot_tf.models import layers
+from oneshot_tf import configs, errors, models, precision
 from tests import helpers
 
-
-def _build(name):
-    config = importlib.import_module(f"configs.{name}").get_config("tiny")
-    return models.get_model(config.model, **config.model_kwargs.to_dict())
+_build = helpers.tiny_model
 
 
 class ModelsTest(tf.test.TestCase, parameterized.TestCase):
@@ -37,8 +32,7 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.parameters(*sorted(models.MODELS))
     def test_mixed_bfloat16_keeps_probabilities_in_float32(self, name):
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        try:
+        with precision.policy_scope("mixed_bfloat16"):
             model = _build(name)
             seed = tf.constant([1, 2])
             support, query = helpers.random_images([2, 3, 28, 28, 1]), helpers.random_images([2, 28, 28, 1], 1)
@@ -48,8 +42,6 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
             log_prob = model.log_prob(support, query, 3, seed)
             probs, _ = model.sample(support, seed)
             per_shot = model.per_shot_log_weights(helpers.random_images([2, 4, 28, 28, 1]), 2, seed)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
         for value in (elbo, log_prob, probs, per_shot):
             self.assertEqual(value.dtype, tf.float32)
             self.assertTrue(np.all(np.isfinite(value)))
@@ -78,43 +70,30 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "batch must have shape"):
             model.elbo(helpers.random_images([2, 28, 28, 1]), seed)
 
-    def test_unknown_model(self):
-        with self.assertRaisesRegex(ValueError, "valid: " + ", ".join(sorted(models.MODELS))):
+    @parameterized.parameters(*sorted(models.MODELS))
+    def test_declared_abilities_match_the_code(self, name):
+        model = _build(name)
+        overrides = type(model).per_shot_log_weights is not models.base.FewShotModel.per_shot_log_weights
+        self.assertEqual(model.one_pass_scoring, overrides)
+        self.assertEqual(bool(model.classification_rules), model.conditional)
+        self.assertLessEqual(set(model.classification_rules), {"likelihood", "kl"})
+        self.assertEqual("kl" in model.classification_rules, hasattr(model, "context_posterior"))
+
+    def test_unknown_model_and_bad_kwargs_are_config_errors(self):
+        with self.assertRaisesRegex(errors.ConfigError, "valid: " + ", ".join(sorted(models.MODELS))):
             models.get_model("gan")
+        with self.assertRaisesRegex(errors.ConfigError, "model_kwargs of gmn: unknown architecture"):
+            models.get_model("gmn", architecture="mlp")
 
     def test_all_tested(self):
-        # The tests above run on each model's `tiny` config; every model has one, and a `quick`.
-        for name in models.MODELS:
-            module = importlib.import_module(f"configs.{name}")
+        # The tests above run on each model's `tiny` config; every model has one, and a
+        # `quick`, and a test file of its own (iwae is the vae class with another config).
+        tests_dir = pathlib.Path(__file__).parent
+        for name, cls in models.MODELS.items():
             for variant in ("tiny", "quick", "default"):
-                self.assertEqual(module.get_config(variant).model, name)
-
-
-class LayersTest(tf.test.TestCase):
-    def test_distribution_shapes(self):
-        likelihood = layers.bernoulli_images(tf.zeros([3, 5, 28, 28, 1], tf.bfloat16))
-        self.assertEqual(likelihood.event_shape, (28, 28, 1))
-        self.assertEqual(likelihood.batch_shape, (3, 5))
-        self.assertEqual(likelihood.log_prob(tf.zeros([28, 28, 1])).dtype, tf.float32)
-        posterior = layers.NormalHead(4)(tf.zeros([3, 5, 7]))
-        self.assertEqual(posterior.event_shape, (4,))
-        self.assertEqual(posterior.batch_shape, (3, 5))
-
-    def test_batch_apply_matches_a_loop(self):
-        dense = keras.layers.Dense(3)
-        x = tf.random.normal([4, 5, 6])
-        merged = layers.batch_apply(dense, x)
-        self.assertEqual(merged.shape, (4, 5, 3))
-        self.assertAllClose(merged[2], dense(x[2]))
-
-    def test_log_mean_exp(self):
-        weights = tf.constant([[0.0, 1000.0], [np.log(3.0), 1000.0]])
-        self.assertAllClose(layers.log_mean_exp(weights, axis=0), [np.log(2.0), 1000.0])
-
-    def test_conv_blocks_shapes(self):
-        features = layers.ConvEncoder((8, 8, 8))(tf.zeros([2, 28, 28, 1]))
-        self.assertEqual(features.shape, (2, 4 * 4 * 8))
-        self.assertEqual(layers.ConvDecoder((8, 8, 8))(tf.zeros([2, 5])).shape, (2, 28, 28, 1))
+                self.assertEqual(configs.get_config(name, variant).model, name)
+            module = cls.__module__.rsplit(".", 1)[-1]
+            self.assertTrue((tests_dir / f"{module}_test.py").exists(), f"{name}: no tests/models/{module}_test.py")
 
 
 if __name__ == "__main__":

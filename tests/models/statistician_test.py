@@ -3,18 +3,14 @@
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import models
+from oneshot_tf import precision
+from oneshot_tf.models import statistician
 from tests import helpers
-
-
-def _model():
-    config = helpers.tiny_config("statistician")
-    return models.get_model(config.model, **config.model_kwargs.to_dict())
 
 
 class StatisticianTest(tf.test.TestCase):
     def test_context_posterior_ignores_set_order(self):
-        model = _model()
+        model = helpers.tiny_model("statistician")
         sets = helpers.random_images([3, 6, 28, 28, 1])
         permuted = tf.gather(sets, [4, 2, 0, 5, 1, 3], axis=1)
         a, b = model.context_posterior(sets), model.context_posterior(permuted)
@@ -24,7 +20,7 @@ class StatisticianTest(tf.test.TestCase):
         self.assertNotAllClose(a.mean(), model.context_posterior(sets[:, :3]).mean())
 
     def test_one_pass_prefixes_equal_separate_posteriors(self):
-        model = _model()
+        model = helpers.tiny_model("statistician")
         episodes = helpers.random_images([2, 5, 28, 28, 1])
         prefixes, _ = model.prefix_context_posteriors(episodes)
         self.assertEqual(prefixes.batch_shape, (2, 5))
@@ -37,13 +33,29 @@ class StatisticianTest(tf.test.TestCase):
             self.assertAllClose(prefixes.stddev()[:, t], separate.stddev(), atol=1e-5)
 
     def test_zero_shots_use_the_prior_in_graph_mode_too(self):
-        model = _model()
+        model = helpers.tiny_model("statistician")
         sample = tf.function(
             model.sample, input_signature=[tf.TensorSpec([None, None, 28, 28, 1]), tf.TensorSpec([2], tf.int32)]
         )
         probs, _ = sample(tf.zeros([2, 0, 28, 28, 1]), tf.constant([1, 1]))
         eager, _ = model.sample(tf.zeros([2, 0, 28, 28, 1]), tf.constant([1, 1]))
         self.assertAllClose(probs, eager)
+
+
+class StatisticianBlocksTest(tf.test.TestCase):
+    def test_conv_blocks_shapes(self):
+        features = statistician.ConvEncoder((8, 8, 8))(tf.zeros([2, 28, 28, 1]))
+        self.assertEqual(features.shape, (2, 4 * 4 * 8))
+        self.assertEqual(statistician.UpConvDecoder((8, 8, 8), 1)(tf.zeros([2, 5])).shape, (2, 28, 28, 1))
+
+    def test_decoder_logits_have_float32_precision(self):
+        with precision.policy_scope("mixed_bfloat16"):
+            decoder = statistician.UpConvDecoder((8, 8, 8), convs_per_stage=1)
+        logits = decoder(tf.random.stateless_normal([2, 10], [2, 2]))
+        self.assertEqual(logits.dtype, tf.float32)
+        # bfloat16 keeps 8 significant bits: float32 logits are not all on its grid.
+        rounded = tf.cast(tf.cast(logits, tf.bfloat16), tf.float32)
+        self.assertGreater(float(tf.reduce_mean(tf.cast(tf.not_equal(logits, rounded), tf.float32))), 0.5)
 
 
 if __name__ == "__main__":

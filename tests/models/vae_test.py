@@ -6,7 +6,7 @@ from absl.testing import absltest
 
 from oneshot_tf import train
 from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import episodes
+from oneshot_tf.data import episodes, omniglot
 from tests import helpers
 
 
@@ -25,7 +25,7 @@ class IwaeBoundTest(tf.test.TestCase):
         cls.workdir = tf.compat.v1.test.get_temp_dir() + "/iwae_bound"
         train.train_and_evaluate(config, cls.workdir, helpers.DATA_DIR)
         cls.model, cls.step, _ = workdir_lib.restore_model(config, cls.workdir)
-        cls.splits = workdir_lib.load_data(config, helpers.DATA_DIR)
+        cls.splits = omniglot.load_configured_splits(config.data, helpers.DATA_DIR, config.seed)
 
     def test_trained_to_the_requested_step(self):
         self.assertEqual(self.step, 400)

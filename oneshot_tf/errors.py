@@ -1,0 +1,18 @@
+"""Errors a user causes and can fix from the command line.
+
+`oneshot_tf.main` prints their message alone, as one line, and exits 1; any other
+exception is a bug and keeps its traceback. Data problems raise
+`oneshot_tf.data.omniglot.DataError` (the data package imports nothing of ours).
+"""
+
+
+class UserError(Exception):
+    """A mistake in flags, config or files; the message says what to change."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config field (or flag) has a value the program cannot use."""
+
+
+class CheckpointError(UserError, FileNotFoundError):
+    """A workdir has no checkpoint to restore."""
