@@ -12,6 +12,7 @@ setuptools.setup(
     # `configs` that could clash with a user's own package.
     packages=setuptools.find_packages(include=["oneshot_tf", "oneshot_tf.*"]) + ["oneshot_tf.configs"],
     package_dir={"oneshot_tf.configs": "configs"},
+    package_data={"oneshot_tf": ["web/*.html", "web/*.js", "web/*.css"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow==2.21.0",
@@ -25,6 +26,7 @@ setuptools.setup(
         "ml-collections==1.1.0",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    # The browser tests drive Debian's Chromium (/usr/bin/chromium) through Playwright.
+    extras_require={"test": ["pytest", "ruff", "playwright", "hypothesis"], "plots": ["matplotlib"]},
     entry_points={"console_scripts": ["oneshot-tf=oneshot_tf.main:run"]},
 )

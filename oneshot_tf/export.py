@@ -5,7 +5,8 @@ to a hidden temporary folder first and renamed, so an interrupted export never
 leaves a half-written version behind. Signatures:
   sample(support [b, s, 28, 28, 1], seed int32 [2]) -> probs, images [b, 28, 28, 1]
   log_prob(support, query [b, 28, 28, 1], num_samples int32 [], seed) -> log_prob [b]
-Inputs are checked at run time: finite, in [0, 1], matching batch sizes.
+Inputs are checked at run time: finite, in [0, 1], matching batch sizes. A support
+of shape [batch, 0] (how JSON spells zero shots: `[[], []]`) means [batch, 0, 28, 28, 1].
 """
 
 import pathlib
@@ -43,6 +44,10 @@ def _checked(images: tf.Tensor, name: str) -> tf.Tensor:
     """images, after run-time checks of shape and values, with its static shape set."""
     rank = _SHAPES[name].count(",") + 1
     message = f"{name} must be float32 {_SHAPES[name]} with values in [0, 1] (ink = 1.0)"
+    if name == "support":
+        # JSON cannot spell an empty [batch, 0, 28, 28, 1]: zero shots arrive as [[], ...].
+        zero_shots = tf.logical_and(tf.equal(tf.rank(images), 2), tf.equal(tf.size(images), 0))
+        images = tf.cond(zero_shots, lambda: tf.reshape(images, [tf.shape(images)[0], 0, 28, 28, 1]), lambda: images)
     shape = tf.shape(images)
     last_three = tf.concat([tf.zeros([3], tf.int32), shape], axis=0)[-3:]
     shape_ok = tf.logical_and(tf.equal(tf.size(shape), rank), tf.reduce_all(tf.equal(last_three, [28, 28, 1])))

@@ -179,6 +179,11 @@ class ExportTest(tf.test.TestCase):
     def test_zero_shots(self):
         out = self.loaded.signatures["sample"](support=tf.zeros([3, 0, 28, 28, 1]), seed=tf.constant([1, 1]))
         self.assertEqual(out["images"].shape, (3, 28, 28, 1))
+        # JSON's spelling of zero shots, [[], [], []], is the same request.
+        as_json = self.loaded.signatures["sample"](support=tf.zeros([3, 0]), seed=tf.constant([1, 1]))
+        self.assertAllEqual(as_json["images"], out["images"])
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "support must be float32"):
+            self.loaded.signatures["sample"](support=tf.zeros([3, 2]), seed=tf.constant([1, 1]))
 
     def test_interrupted_export_leaves_no_version(self):
         root = pathlib.Path(self.create_tempdir())

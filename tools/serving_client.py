@@ -1,4 +1,5 @@
-"""Sends a support set to a running TF Serving and writes the returned samples as a PNG.
+"""Sends a support set to a running TF Serving (or `python -m oneshot_tf.serve`) and
+writes the returned samples as a PNG.
 
   python tools/serving_client.py --server=localhost:8501 --model=iwae \
       --support=a.png,b.png,c.png --num_samples=8 --out=samples.png
@@ -12,6 +13,7 @@ Also prints log p(support[-1] | support[:-1]) from the `log_prob` signature.
 
 import json
 import pathlib
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -25,6 +27,7 @@ _SUPPORT = flags.DEFINE_list("support", [], "Comma-separated PNG files; may be e
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "New drawings to ask for.")
 _SEED = flags.DEFINE_list("seed", ["0", "0"], "Two integers.")
 _OUT = flags.DEFINE_string("out", "samples.png", "Where to write the samples.")
+_SCORE_SAMPLES = flags.DEFINE_integer("score_samples", 1000, "Importance samples K for the printed log p.")
 
 
 def load_support(paths) -> np.ndarray:
@@ -40,7 +43,10 @@ def predict_rest(signature: str, inputs: dict) -> dict:
     url = f"http://{_SERVER.value}/v1/models/{_MODEL.value}:predict"
     body = json.dumps({"signature_name": signature, "inputs": {k: v.tolist() for k, v in inputs.items()}})
     request = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"}, method="POST")
-    outputs = json.loads(urllib.request.urlopen(request, timeout=120).read())["outputs"]
+    try:
+        outputs = json.loads(urllib.request.urlopen(request, timeout=120).read())["outputs"]
+    except urllib.error.HTTPError as e:
+        raise SystemExit(f"error: {url} answered {e.code}: {e.read().decode(errors='replace')}") from None
     return (
         {k: np.asarray(v) for k, v in outputs.items()}
         if isinstance(outputs, dict)
@@ -80,7 +86,12 @@ def main(argv):
     if len(support) >= 1:
         scored = predict(
             "log_prob",
-            {"support": support[None, :-1], "query": support[None, -1], "num_samples": np.int32(1000), "seed": seed},
+            {
+                "support": support[None, :-1],
+                "query": support[None, -1],
+                "num_samples": np.int32(_SCORE_SAMPLES.value),
+                "seed": seed,
+            },
         )["log_prob"]
         print(f"log p(support[-1] | support[:-1]) = {float(np.ravel(scored)[0]):.2f} nats")
 
