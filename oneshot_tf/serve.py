@@ -2,6 +2,7 @@
 
   python -m oneshot_tf.serve --export_dir=pretrained [--export_dir=runs/gmn/export] \
       [--port=8501] [--host=127.0.0.1] [--data_dir=../shared/data]
+  python -m oneshot_tf.serve --upstream=http://localhost:8501 --port=8080   # page for a real TF Serving
 
 Then open http://127.0.0.1:8501/ to draw a few examples of a character and see new
 ones. Endpoints (the first three as TF Serving's REST API, so the page and
@@ -13,6 +14,10 @@ tools/serving_client.py work against either):
   GET  /v1/models                                 the models this server knows (ours only)
   GET  /v1/examples?seed=N                        drawings of a random test character (ours only)
   GET  /                                          the page (oneshot_tf/web/)
+
+With `--upstream`, the /v1/models/... requests go to that TF Serving (the page's
+origin must be the API's: TF Serving sends no CORS headers), and /v1/models answers
+404 as TF Serving does, so the page asks for a model name.
 
 An `--export_dir` is a model base path in TF Serving's layout (`<dir>/<version>/
 saved_model.pb`; the newest version is served, named after the folder) or a folder
@@ -29,6 +34,8 @@ import json
 import pathlib
 import re
 import threading
+import urllib.error
+import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -253,10 +260,27 @@ _ROUTES = routing.Map(
 class App:
     """The WSGI application: routes to the models, the page and the examples."""
 
-    def __init__(self, models: dict, *, limits: Limits = Limits(), data_dir=None):
+    def __init__(self, models: dict, *, limits: Limits = Limits(), data_dir=None, upstream: str | None = None):
         self.models = models
         self.limits = limits
         self.examples = Examples(data_dir)
+        self.upstream = upstream.rstrip("/") if upstream else None
+
+    def _forward(self, request: wrappers.Request) -> wrappers.Response:
+        """Passes a /v1/models request to the upstream TF Serving and its answer back."""
+        url = self.upstream + request.full_path.rstrip("?")
+        data = request.get_data(cache=False) if request.method == "POST" else None
+        upstream_request = urllib.request.Request(
+            url, data, {"Content-Type": request.content_type or "application/json"}, method=request.method
+        )
+        try:
+            with urllib.request.urlopen(upstream_request, timeout=300) as answer:
+                status, body, content_type = answer.status, answer.read(), answer.headers.get("Content-Type")
+        except urllib.error.HTTPError as e:
+            status, body, content_type = e.code, e.read(), e.headers.get("Content-Type")
+        except OSError as e:
+            raise BadRequest(f"upstream {self.upstream} unreachable: {e}", 502) from e
+        return wrappers.Response(body, status=status, content_type=content_type or "application/json")
 
     def _model(self, name: str, version: int | None) -> ServedModel:
         model = self.models.get(name)
@@ -305,6 +329,10 @@ class App:
         request = wrappers.Request(environ)
         request.max_content_length = self.limits.max_request_bytes
         try:
+            if self.upstream and request.path.startswith("/v1/models/"):
+                return self._forward(request)(environ, start_response)
+            if self.upstream and request.path.rstrip("/") == "/v1/models":
+                raise BadRequest("TF Serving lists no models: name one", 404)
             endpoint, args = _ROUTES.bind_to_environ(environ).match()
             result = self._dispatch(request, endpoint, args)
             response = result if isinstance(result, wrappers.Response) else _json_response(result, 200)
@@ -338,6 +366,7 @@ _PORT = flags.DEFINE_integer("port", 8501, "Port (TF Serving's REST port by defa
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Omniglot for the page's random examples; default as main's.")
 _MAX_NUM_SAMPLES = flags.DEFINE_integer("max_num_samples", Limits.max_num_samples, "Cap on num_samples.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", Limits.max_batch, "Cap on the batch of one request.")
+_UPSTREAM = flags.DEFINE_string("upstream", None, "A TF Serving REST base URL to send /v1/models requests to.")
 
 
 def main(argv):
@@ -345,7 +374,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from oneshot_tf.data import omniglot
 
-    export_dirs = _EXPORT_DIRS.value or [pathlib.Path(__file__).resolve().parents[1] / "pretrained"]
+    export_dirs = _EXPORT_DIRS.value or (
+        [] if _UPSTREAM.value else [pathlib.Path(__file__).resolve().parents[1] / "pretrained"]
+    )
     try:
         models = load_models(export_dirs)
     except FileNotFoundError as e:
@@ -356,9 +387,12 @@ def main(argv):
         data_dir = None
         logging.warning("No Omniglot data found: the page's random-example button is off (pass --data_dir)")
     limits = Limits(max_batch=_MAX_BATCH.value, max_num_samples=_MAX_NUM_SAMPLES.value)
-    server = make_server(App(models, limits=limits, data_dir=data_dir), _HOST.value, _PORT.value)
-    logging.info("Serving %s on http://%s:%d/", ", ".join(sorted(models)), _HOST.value, server.port)
-    print(f"Serving {', '.join(sorted(models))}: open http://{_HOST.value}:{server.port}/", flush=True)
+    server = make_server(
+        App(models, limits=limits, data_dir=data_dir, upstream=_UPSTREAM.value), _HOST.value, _PORT.value
+    )
+    served = f"the models of {_UPSTREAM.value}" if _UPSTREAM.value else ", ".join(sorted(models))
+    logging.info("Serving %s on http://%s:%d/", served, _HOST.value, server.port)
+    print(f"Serving {served}: open http://{_HOST.value}:{server.port}/", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -179,6 +179,26 @@ class PageTest(tf.test.TestCase):
         character = self.page.inner_text("#status").removeprefix("test character ")
         self.assertTrue(character.startswith("images_evaluation/"))
 
+    def test_page_against_a_tf_serving_style_upstream(self):
+        # The page's model calls go through --upstream to a server that answers only
+        # TF Serving's API (here our own), as they would to tensorflow_model_server.
+        front, url = start_server([], upstream=self.url)
+        try:
+            page = self.context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(url + "/?model=gmn")
+            page.wait_for_selector("#model-name:not([hidden])")  # No model list upstream.
+            self.assertEqual(page.input_value("#model-name"), "gmn")
+            page.click("#draw")  # Zero shots: unconditional samples.
+            page.wait_for_function("document.querySelectorAll('#samples img').length == 10")
+            page.fill("#model-name", "nope")
+            page.click("#draw")
+            page.wait_for_selector("#error:not([hidden])")
+            self.assertIn("Servable not found", page.inner_text("#error"))
+        finally:
+            front.shutdown()
+            front.server_close()
+
 
 if __name__ == "__main__":
     absltest.main()
