@@ -25,8 +25,9 @@ setuptools.setup(
         "absl-py==2.5.1",
         "ml-collections==1.1.0",
         "numpy",
+        "matplotlib",  # per_shot.png and learning curves.
     ],
     # The browser tests drive Debian's Chromium (/usr/bin/chromium) through Playwright.
-    extras_require={"test": ["pytest", "ruff", "playwright", "hypothesis"], "plots": ["matplotlib"]},
+    extras_require={"test": ["pytest", "ruff", "playwright", "hypothesis"]},
     entry_points={"console_scripts": ["oneshot-tf=oneshot_tf.main:run"]},
 )

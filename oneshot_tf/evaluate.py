@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import classify, errors
+from oneshot_tf import classify, errors, plots
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -87,6 +87,19 @@ def per_shot_log_probs(
             )
             last_log = time.time()
     return np.concatenate(results)
+
+
+def mean_of_first(log_probs: np.ndarray, num_positions: int = 5) -> dict:
+    """Mean over episodes of the mean of positions 1..num_positions, with its standard
+    error: by the chain rule the joint log-likelihood of a set of that size over its size
+    (SPEC §3's set-level anchors)."""
+    per_episode = log_probs[:, :num_positions].mean(axis=1)
+    stderr = float(per_episode.std(ddof=1) / math.sqrt(len(per_episode))) if len(per_episode) > 1 else float("nan")
+    return {
+        "positions": min(num_positions, log_probs.shape[1]),
+        "log_prob": round(float(per_episode.mean()), 4),
+        "stderr": round(stderr, 4),
+    }
 
 
 def summarize(log_probs: np.ndarray) -> list:
@@ -161,6 +174,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "precision": keras.mixed_precision.global_policy().name,
         "estimator": estimator_note(model),
         "per_shot": summarize(log_probs),
+        "mean_t1_to_5": mean_of_first(log_probs, 5),
         "seconds": round(time.time() - start, 1),
     }
     if config.eval.all_test_images:
@@ -202,6 +216,10 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         }
     output = workdir / eval_filename(config.eval.c_test)
     workdir_lib.write_json(output, result)
+    figure = plots.per_shot_figure(result, output.with_name(output.stem.replace("eval", "per_shot") + ".png"))
+    with tf.summary.create_file_writer(str(workdir / "tensorboard" / "eval")).as_default():
+        png = tf.io.decode_png(figure.read_bytes(), channels=3)
+        tf.summary.image(f"per_shot_c{config.eval.c_test}", png[None], step=step)
     for row in result["per_shot"]:
         logging.info(
             "t=%2d (%d shots): %.2f +- %.2f nats (%.4f bits/dim)",
@@ -211,12 +229,16 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             row["stderr"],
             row["bits_per_dim"],
         )
+    mean5 = result["mean_t1_to_5"]
+    logging.info(
+        "mean of t=1..5: %.2f +- %.2f nats (joint log p of a set of 5, over 5)", mean5["log_prob"], mean5["stderr"]
+    )
     if "test_images" in result:
         logging.info(
             "all %d test images, K=%d: %.2f +- %.2f nats",
             *[result["test_images"][k] for k in ("images", "num_samples", "log_prob", "stderr")],
         )
-    logging.info("Wrote %s", output)
+    logging.info("Wrote %s and %s", output, figure)
     return result
 
 
@@ -252,6 +274,17 @@ def sample_grid(model, support: np.ndarray, sample_config, seed: int) -> np.ndar
     return grid
 
 
+def write_png(path, grid: np.ndarray) -> pathlib.Path:
+    """Writes a [height, width] picture in [0, 1] as an 8-bit PNG, atomically."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = tf.io.encode_png(tf.cast(tf.round(np.asarray(grid)[..., None] * 255), tf.uint8))
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(png.numpy())
+    partial.replace(path)
+    return path
+
+
 def write_samples(config, workdir, data_dir, *, restored=None, splits=None) -> pathlib.Path:
     """Writes samples/samples_step<step>.png (and to TensorBoard) from test characters.
 
@@ -264,12 +297,7 @@ def write_samples(config, workdir, data_dir, *, restored=None, splits=None) -> p
         splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed
     )["images"]
     grid = sample_grid(model, support, config.sample, config.sample.seed)
-    path = workdir / "samples" / f"samples_step{step}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    png = tf.io.encode_png(tf.cast(tf.round(grid[..., None] * 255), tf.uint8))
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(png.numpy())
-    partial.replace(path)
+    path = write_png(workdir / "samples" / f"samples_step{step}.png", grid)
     with tf.summary.create_file_writer(str(workdir / "tensorboard" / "eval")).as_default():
         tf.summary.image("test_samples", grid[None, ..., None], step=step)
     logging.info(

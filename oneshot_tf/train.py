@@ -230,7 +230,13 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         config.data.set_size,
         sum(math.prod(v.shape) for v in model.trainable_variables),
     )
+    logging.info(
+        "Tracing and compiling the training step (the first %d steps include it; it can take minutes)",
+        min(config.train.steps_per_loop, total_steps - start),
+    )
     current, last_save, run_start = start, time.time(), time.time()
+    # The ETA counts steady-state loops only: the first loop includes tracing.
+    steady_steps, steady_seconds = 0, 0.0
     with _stop_on_signals() as stop, writer.as_default():
         while current < total_steps and stop["signum"] is None:
             num_steps = min(config.train.steps_per_loop, total_steps - current)
@@ -239,8 +245,11 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
             previous, current = current, int(step.numpy())
             now = time.time()
             steps_per_sec = num_steps / (now - loop_start)
-            overall = (current - start) / (now - run_start)
-            eta = (total_steps - current) / overall if overall > 0 else float("inf")
+            if previous == start:
+                logging.info("First %d steps (with tracing) took %s", num_steps, _format_seconds(now - loop_start))
+            else:
+                steady_steps, steady_seconds = steady_steps + num_steps, steady_seconds + now - loop_start
+            eta = (total_steps - current) * steady_seconds / steady_steps if steady_steps else float("inf")
             logging.info(
                 "step %d/%d  loss %.3f nats/image  grad norm %.3g  %.1f steps/s  %.0f images/s  ETA %s",
                 current,

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import errors, main, models, precision, train
+from oneshot_tf import errors, main, models, plots, precision, train
 from oneshot_tf import workdir as workdir_lib
 from tests import helpers
 
@@ -40,12 +40,23 @@ class EndToEndTest(tf.test.TestCase):
             self.assertTrue(np.isfinite(row["log_prob"]) and row["log_prob"] < 0)
             self.assertGreater(row["stderr"], 0)
             self.assertAllClose(row["bits_per_dim"], -row["log_prob"] / (784 * np.log(2)), atol=1e-4)
+        # The mean of t = 1..5 is the mean over episodes of each episode's mean: with
+        # equal episode counts per position, the mean of the first five rows.
+        self.assertAllClose(
+            result["mean_t1_to_5"]["log_prob"], np.mean([row["log_prob"] for row in result["per_shot"][:5]]), atol=1e-3
+        )
+        figure = tf.io.decode_png((workdir / "per_shot.png").read_bytes())
+        self.assertGreater(figure.shape[0], 200)
+        curve = plots.read_curve(workdir)
+        self.assertEqual(curve["step"], [2])  # tiny validates at its last step.
+        self.assertEqual(curve["train_step"], [1, 2])
 
         with config.unlocked():
             config.eval.c_test = 2
         main.run_modes("eval", config, workdir, helpers.DATA_DIR)
         two_characters = json.loads((workdir / "eval_c2.json").read_text())
         self.assertEqual(two_characters["c_test"], 2)
+        self.assertTrue((workdir / "per_shot_c2.png").exists())
         self.assertEqual(json.loads((workdir / "eval.json").read_text()), result)
 
         png = tf.io.decode_png((workdir / "samples" / "samples_step2.png").read_bytes())
@@ -254,7 +265,7 @@ class CommandLineTest(tf.test.TestCase):
     def test_bad_flags_give_clear_errors(self):
         cases = [
             (["--model=gan"], "one of <" + "|".join(sorted(models.MODELS)) + ">"),
-            (["--model=vae", "--mode=serve"], "one of <train|eval|sample|export|all>"),
+            (["--model=vae", "--mode=serve"], "one of <train|eval|sample|export|all|score>"),
             (
                 ["--model=vae", "--data_dir=/nonexistent/omniglot"],
                 "data directory /nonexistent/omniglot does not exist",

@@ -1,0 +1,115 @@
+"""Pictures of results: the per-shot table beside the published rows, learning curves.
+
+Both draw with matplotlib (Agg backend, no display needed) into a PNG; the caller
+decides where it goes (eval writes `per_shot.png` beside eval.json).
+"""
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Published per-shot rows of SPEC §3, nats by t, for C_test = 1 unless the key says.
+REFERENCES = {
+    1: {
+        "GMN conv (Bartunov 2016 talk)": {1: -94.35, 2: -92.26, 3: -90.39, 4: -89.75, 5: -88.65, 10: -84.14},
+        "GMN FC (Bartunov 2016 talk)": {1: -101.00, 2: -99.67, 3: -98.06, 4: -97.48, 5: -95.89, 10: -92.11},
+        "GMN, arXiv 1612.02192 v1 (items with replacement)": {
+            1: -90.9, 2: -82.8, 3: -78.8, 4: -76.4, 5: -74.2, 10: -64.6,
+        },
+        "VAE (arXiv 1612.02192 v1)": {1: -89.2},
+        "IWAE k=50 (Burda et al., in the talk)": {1: -103.38},
+        "Seq. generative model, 80 steps (Rezende et al.)": {1: -95.5},
+    },
+    3: {"GMN conv, C=3 (Bartunov 2016 talk)": {1: -95.05, 2: -93.40, 3: -91.87, 4: -91.06, 5: -91.02, 10: -87.55}},
+}  # fmt: skip
+
+
+def per_shot_figure(result: dict, path) -> pathlib.Path:
+    """log p(x_t | x_<t) against shots with standard-error bars, beside the published
+    rows that share `result`'s C_test; `result` is an eval.json dict. Returns `path`."""
+    rows = result["per_shot"]
+    shots = np.array([row["shots"] for row in rows])
+    means = np.array([row["log_prob"] for row in rows])
+    errors = np.array([row["stderr"] for row in rows])
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    label = f"ours: {result['model']}, step {result.get('checkpoint_step', '?')}, K={result['num_samples']}"
+    ax.errorbar(shots, means, yerr=errors, fmt="o-", color="black", capsize=3, label=label, zorder=3)
+    markers = iter("sDv^<>p")
+    for name, row in REFERENCES.get(result.get("c_test", 1), {}).items():
+        ts = sorted(row)
+        style = "--" if len(ts) > 1 else ""
+        ax.plot([t - 1 for t in ts], [row[t] for t in ts], style, marker=next(markers), alpha=0.7, label=name)
+    ax.set_xlabel("shots (t - 1 drawings of the character seen)")
+    ax.set_ylabel("log p(x_t | x_<t), nats")
+    ax.set_xticks(shots)
+    ax.grid(alpha=0.3)
+    title = f"Per-shot log-likelihood, C_test = {result.get('c_test', 1)}, {result['episodes']} test episodes"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def learning_curve_figure(curve: dict, path, title: str = "") -> pathlib.Path:
+    """Validation bound against step and against wall time (two panels).
+
+    Args:
+      curve: {"step": [...], "hours": [...], "val_bound": [...]} and optionally
+        {"train_step": [...], "train_loss": [...]} (loss in nats/image, plotted negated).
+    """
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    if curve.get("train_step"):
+        by_step.plot(
+            curve["train_step"], -np.asarray(curve["train_loss"]), color="0.7", lw=0.8, label="- training loss"
+        )
+    by_step.plot(curve["step"], curve["val_bound"], "o-", color="C0", label="validation bound")
+    by_time.plot(curve["hours"], curve["val_bound"], "o-", color="C0", label="validation bound")
+    for ax, xlabel in ((by_step, "step"), (by_time, "wall time, hours")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("nats / image")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if curve["val_bound"]:
+        low = min(curve["val_bound"])
+        by_step.set_ylim(low - 5, max(curve["val_bound"]) + 5)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def read_curve(workdir) -> dict:
+    """The learning curve of a training workdir, from its TensorBoard events."""
+    import tensorflow as tf
+
+    points = {"val/bound": {}, "train/loss": {}}
+    for events in sorted(pathlib.Path(workdir, "tensorboard", "train").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag in points:
+                    points[value.tag][event.step] = (event.wall_time, float(tf.make_ndarray(value.tensor)))
+    val = sorted(points["val/bound"].items())
+    train = sorted(points["train/loss"].items())
+    # Wall time of a resumed run counts only time spent running, not the gaps between runs.
+    walls = sorted(wall for series in points.values() for wall, _ in series.values())
+    active, elapsed = {}, 0.0
+    for previous, wall in zip([walls[0]] + walls[:-1] if walls else [], walls):
+        gap = wall - previous
+        elapsed += gap if gap < 600 else 0.0
+        active[wall] = elapsed / 3600
+    return {
+        "step": [s for s, _ in val],
+        "hours": [active[w] for _, (w, _) in val],
+        "val_bound": [v for _, (_, v) in val],
+        "train_step": [s for s, _ in train],
+        "train_loss": [v for _, (_, v) in train],
+    }

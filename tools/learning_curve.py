@@ -1,0 +1,36 @@
+"""Plots a training run's learning curve from its TensorBoard events.
+
+  python tools/learning_curve.py --workdir=runs/gmn [--out=runs/gmn/learning_curve.png]
+
+Validation bound against step (with the training loss, negated, behind it) and
+against wall time (time between runs does not count); prints the points as JSON.
+"""
+
+import json
+import pathlib
+
+from absl import app, flags
+
+from oneshot_tf import plots
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (with tensorboard/train).", required=True)
+_OUT = flags.DEFINE_string("out", None, "PNG to write; default <workdir>/learning_curve.png.")
+_TITLE = flags.DEFINE_string("title", "", "Figure title.")
+
+
+def main(argv):
+    del argv
+    curve = plots.read_curve(_WORKDIR.value)
+    if not curve["step"]:
+        raise app.UsageError(f"no validation points in {_WORKDIR.value}/tensorboard/train")
+    out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value) / "learning_curve.png")
+    plots.learning_curve_figure(curve, out, _TITLE.value or str(_WORKDIR.value))
+    points = [
+        {"step": s, "hours": round(h, 3), "val_bound": round(v, 3)}
+        for s, h, v in zip(curve["step"], curve["hours"], curve["val_bound"])
+    ]
+    print(json.dumps({"out": str(out), "validation": points}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
