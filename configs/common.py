@@ -48,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Peak Adam learning rate and its schedule: constant | cosine | exponential | burda.
     config.train.learning_rate = 1e-3
     config.train.schedule = "constant"
+    # Linear warm-up of the learning rate over the first steps (any schedule); 0: none.
+    config.train.warmup_steps = 0
     # exponential: multiply by decay_rate every decay_steps.
     config.train.decay_rate = 0.5
     config.train.decay_steps = 50_000

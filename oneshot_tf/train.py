@@ -34,8 +34,36 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
+    """Scales a learning rate (a float or a schedule) linearly from ~0 to 1 over `warmup_steps`."""
+
+    def __init__(self, learning_rate, warmup_steps: int):
+        self.learning_rate = learning_rate
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        base = self.learning_rate(step) if callable(self.learning_rate) else self.learning_rate
+        return tf.minimum(1.0, (step + 1.0) / self.warmup_steps) * tf.cast(base, tf.float32)
+
+    def get_config(self):
+        inner = self.learning_rate
+        return {
+            "learning_rate": keras.optimizers.schedules.serialize(inner) if callable(inner) else inner,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
 def make_schedule(train_config):
-    """The learning rate schedule of `train_config` (a float for `constant`)."""
+    """The learning rate schedule of `train_config` (a float for `constant` without warm-up)."""
+    schedule = _decay(train_config)
+    warmup = train_config.warmup_steps
+    if warmup < 0:
+        raise errors.ConfigError(f"train.warmup_steps must be >= 0, got {warmup}")
+    return WarmUp(schedule, warmup) if warmup else schedule
+
+
+def _decay(train_config):
     lr, steps = train_config.learning_rate, train_config.steps
     if train_config.schedule == "constant":
         return lr
@@ -63,7 +91,7 @@ def make_optimizer(train_config) -> keras.optimizers.Optimizer:
 
 def _use_configured_learning_rate(optimizer, train_config):
     """A constant learning rate is a checkpointed variable: the config's wins on resume."""
-    if train_config.schedule != "constant":
+    if train_config.schedule != "constant" or train_config.warmup_steps:
         return
     restored = float(optimizer.learning_rate.numpy())
     if not math.isclose(restored, train_config.learning_rate, rel_tol=1e-6):

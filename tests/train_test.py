@@ -212,6 +212,17 @@ class EndToEndTest(tf.test.TestCase):
         schedule = train.make_schedule(config.train)
         self.assertAllClose(float(schedule(0)), 1e-3)
         self.assertAllClose(float(schedule(3279)), 1e-3 * 10 ** (-1.0), rtol=1e-5)
+        config.train.warmup_steps = 100
+        warm = train.make_schedule(config.train)
+        self.assertAllClose(float(warm(0)), 0.01 * float(schedule(0)))  # (step + 1) / 100 of the schedule.
+        self.assertAllClose(float(warm(49)), 0.5 * float(schedule(49)))
+        self.assertAllClose(float(warm(3279)), float(schedule(3279)))
+        config.train.schedule = "constant"
+        self.assertAllClose([float(train.make_schedule(config.train)(s)) for s in (9, 99, 500)], [1e-4, 1e-3, 1e-3])
+        config.train.warmup_steps = -1
+        with self.assertRaisesRegex(errors.ConfigError, "warmup_steps must be >= 0"):
+            train.make_schedule(config.train)
+        config.train.warmup_steps = 0
         config.train.schedule = "linear"
         with self.assertRaisesRegex(errors.ConfigError, "valid: constant, cosine, exponential, burda"):
             train.make_schedule(config.train)
