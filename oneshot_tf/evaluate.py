@@ -207,8 +207,9 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             num_samples=config.eval.classification_num_samples,
             seed=config.eval.seed,
         )
-        primary = model.classification_rules[0]
-        errors["lake_20way_1shot_error"] = errors[f"lake_20way_1shot_{primary}_error"]
+        primary = f"lake_20way_1shot_{model.classification_rules[0]}_error"
+        if primary in errors:
+            errors["lake_20way_1shot_error"] = errors[primary]
         result["classification"] = {
             **errors,
             "num_samples": config.eval.classification_num_samples,

@@ -111,6 +111,30 @@ class EndToEndTest(tf.test.TestCase):
             "mnist_10way_1shot_kl_error",
         ):
             self.assertBetween(errors[key], 0.0, 1.0)
+        self.assertNotIn("skipped", errors)
+
+    def test_missing_optional_data_skips_only_its_tasks(self):
+        # A data folder with Omniglot but neither MNIST nor Lake's runs: --mode=all
+        # trains, evaluates (per-shot table and random tasks), samples and exports.
+        data = pathlib.Path(self.create_tempdir())
+        (data / "omniglot").mkdir()
+        (data / "omniglot" / "gmn_28x28").symlink_to(helpers.OMNIGLOT_DIR / "gmn_28x28")
+        config = helpers.tiny_config("statistician")
+        workdir = pathlib.Path(self.create_tempdir())
+        with self.assertLogs(level="WARNING") as logs:
+            main.run_modes("all", config, workdir, data)
+        result = json.loads((workdir / "eval.json").read_text())
+        self.assertLen(result["per_shot"], 10)
+        errors = result["classification"]
+        self.assertBetween(errors["random_5way_1shot_kl_error"], 0.0, 1.0)
+        self.assertNotIn("lake_20way_1shot_error", errors)
+        self.assertEqual(sorted(errors["skipped"]), ["lake_20way_1shot", "mnist_10way_1shot", "mnist_10way_5shot"])
+        self.assertIn("all_runs.zip not found", errors["skipped"]["lake_20way_1shot"])
+        self.assertIn("binarized_mnist_test.npz not found", errors["skipped"]["mnist_10way_5shot"])
+        warnings = "\n".join(logs.output)
+        self.assertIn("Skipping the MNIST transfer tasks", warnings)
+        self.assertIn("Skipping Lake's 20 one-shot runs", warnings)
+        self.assertTrue((workdir / "export" / "statistician" / "1" / "saved_model.pb").exists())
 
     def test_rerun_resumes_from_the_checkpoint(self):
         config = helpers.tiny_config("vae")

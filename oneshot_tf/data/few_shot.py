@@ -80,17 +80,43 @@ def random_episodes(characters, *, ways: int, shots: int, num_episodes: int, see
     }
 
 
+def _tfds_mnist_digits(data_dir) -> list | None:
+    """The MNIST test digits of a tensorflow-datasets `mnist` prepared in `data_dir`,
+    thresholded at half ink; None when there is none (never downloads)."""
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder("mnist", data_dir=str(data_dir))
+        if not builder.is_prepared():
+            return None
+        images, labels = tfds.as_numpy(builder.as_dataset(split="test", batch_size=-1, as_supervised=True))
+    except Exception:  # A missing or foreign tfds folder: no tfds MNIST here.
+        return None
+    binary = (images[..., 0] >= 128).astype(np.float32)
+    return [binary[labels == d] for d in range(10)]
+
+
 def load_mnist(path) -> omniglot.CharacterSet:
     """Binarised MNIST test digits as a CharacterSet of 10 'characters'.
 
-    Every digit keeps the first n drawings, n = the smallest class size (892), so the
-    array is rectangular; ink levels are 0 or 255.
+    Reads `mnist/binarized_mnist_test.npz` under `path` (or `path` itself), else a
+    tensorflow-datasets `mnist` prepared locally in `path`. Every digit keeps the first
+    n drawings, n = the smallest class size (892 in the npz), so the array is
+    rectangular; ink levels are 0 or 255.
     """
-    path = _find_file(path, ["mnist/binarized_mnist_test.npz", "binarized_mnist_test.npz"])
-    if not path.exists():
-        raise omniglot.DataError(f"MNIST: {path} not found (expected mnist/binarized_mnist_test.npz)")
-    with np.load(path) as arrays:
-        digits = [arrays[str(d)] for d in range(10)]
+    npz = _find_file(path, ["mnist/binarized_mnist_test.npz", "binarized_mnist_test.npz"])
+    if npz.exists():
+        try:
+            with np.load(npz) as arrays:
+                digits = [arrays[str(d)] for d in range(10)]
+        except (OSError, ValueError, KeyError) as e:
+            raise omniglot.DataError(f"MNIST: cannot read {npz} as an npz with keys '0'..'9': {e}") from e
+    else:
+        digits = _tfds_mnist_digits(path) if pathlib.Path(path).is_dir() else None
+        if digits is None:
+            raise omniglot.DataError(
+                f"MNIST: {npz} not found (expected mnist/binarized_mnist_test.npz, or a prepared tfds mnist in {path})"
+            )
     count = min(len(d) for d in digits)
     images = np.stack([d[:count] for d in digits]).reshape(10, count, 28, 28)
     return omniglot.CharacterSet(tuple(str(d) for d in range(10)), (images * 255).astype(np.uint8))

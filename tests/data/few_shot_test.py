@@ -1,5 +1,8 @@
 """Few-shot tasks: Lake's 20 runs, random N-way K-shot episodes, MNIST digits."""
 
+import pathlib
+from unittest import mock
+
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
@@ -25,6 +28,33 @@ class FewShotTasksTest(tf.test.TestCase):
             few_shot.load_lake_runs(empty)
         with self.assertRaisesRegex(omniglot.DataError, "binarized_mnist_test.npz"):
             few_shot.load_mnist(empty)
+
+    def test_mnist_from_a_prepared_tfds_folder(self):
+        labels = np.repeat(np.arange(10), 3)
+        images = np.zeros((30, 28, 28, 1), np.uint8)
+        images[np.arange(30), labels, 0, 0] = 200  # Digit d has ink at (d, 0).
+        builder = mock.Mock()
+        builder.is_prepared.return_value = True
+        empty = self.create_tempdir().full_path
+        with (
+            mock.patch("tensorflow_datasets.builder", return_value=builder) as make_builder,
+            mock.patch("tensorflow_datasets.as_numpy", return_value=(images, labels)),
+        ):
+            mnist = few_shot.load_mnist(empty)
+        make_builder.assert_called_once_with("mnist", data_dir=empty)
+        self.assertEqual(mnist.images.shape, (10, 3, 28, 28))
+        for digit in range(10):
+            self.assertTrue(np.all(mnist.images[digit, :, digit, 0] == 255))
+        builder.is_prepared.return_value = False
+        with mock.patch("tensorflow_datasets.builder", return_value=builder):
+            with self.assertRaisesRegex(omniglot.DataError, "or a prepared tfds mnist"):
+                few_shot.load_mnist(empty)
+
+    def test_corrupt_mnist_npz_names_the_file(self):
+        folder = pathlib.Path(self.create_tempdir())
+        (folder / "binarized_mnist_test.npz").write_bytes(b"not an npz")
+        with self.assertRaisesRegex(omniglot.DataError, "cannot read .*binarized_mnist_test.npz"):
+            few_shot.load_mnist(folder)
 
     def test_random_episodes_group_classes(self):
         # Drawing d of character c has ink at (0, c) and (1, d) only, so every image
