@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Validation episodes for the periodic bound.
     config.train.val_episodes = 512
     config.train.max_checkpoints = 3
+    # Steps in a row with a non-finite loss or gradient (each skipped) before the run
+    # restores its latest checkpoint; the same again stops it.
+    config.train.max_bad_steps = 20
 
     config.eval = ml_collections.ConfigDict()
     # Checkpoint that eval, sample and export restore: best (best validation bound,

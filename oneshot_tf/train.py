@@ -148,41 +148,61 @@ def training_data(config, characters, start: int = 0) -> tuple:
 
 def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
     """The inner loop: a tf.function (iterator, num_steps) -> (mean loss in nats/image,
-    mean gradient norm before clipping, averaged over replicas).
+    mean gradient norm before clipping, steps skipped), the means over the steps taken.
 
     Each step runs `strategy.run` on one global batch, with the loss scaled by the
-    global batch so the replicas' sum is the mean; `step` counts optimizer steps
-    and seeds the model's sampling.
+    global batch so the replicas' sum is the mean; `step` counts batches consumed
+    and seeds the model's sampling. A step whose loss or gradient is not finite on
+    any replica is skipped: the weights and the optimizer state stay as they were
+    (`bad_streak`, a variable the function keeps, counts such steps in a row).
     """
     items_per_step = config.data.batch_size * config.data.set_size
     trainable = model.trainable_variables
 
     def step_fn(images, seed):
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = tf.random.experimental.stateless_fold_in(seed, replica)
+        context = tf.distribute.get_replica_context()
+        seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
         with tf.GradientTape() as tape:
             loss = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
         gradients = tape.gradient(loss, trainable)
-        optimizer.apply_gradients(zip(gradients, trainable))
-        return loss, tf.linalg.global_norm(gradients)
+        norm = tf.linalg.global_norm(gradients)
+        # The global norm is finite only if every gradient is; all replicas agree to skip.
+        bad = tf.cast(~(tf.math.is_finite(loss) & tf.math.is_finite(norm)), tf.float32)
+        any_bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad) > 0
+
+        def apply():
+            optimizer.apply_gradients(zip(gradients, trainable))
+            return tf.constant(True)
+
+        taken = tf.cond(any_bad, lambda: tf.constant(False), apply)
+        return tf.where(taken, loss, 0.0), tf.where(taken, norm, 0.0), taken
 
     # XLA-compiling the step (not the loop, whose iterator XLA cannot compile) is a
     # config choice: whether it pays depends on the model and the device (README "Speed").
     compiled_step = tf.function(step_fn, jit_compile=config.train.jit_compile)
 
+    bad_streak = tf.Variable(0, dtype=tf.int64, trainable=False)
+
     @tf.function
     def train_steps(iterator, num_steps):
-        loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
+        loss_sum, norm_sum, taken_sum = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
         for _ in tf.range(num_steps):
             batch = next(iterator)
             seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
-            loss, norm = strategy.run(compiled_step, args=(batch["images"], seed))
+            loss, norm, taken = strategy.run(compiled_step, args=(batch["images"], seed))
             loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
             # The replicas' mean of their own gradients' norms: the global norm with one replica.
             norm_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None)
+            # Replicas agree on skipping (step_fn all-reduces), so the mean is 0 or 1.
+            taken = strategy.reduce(tf.distribute.ReduceOp.MEAN, tf.cast(taken, tf.float32), axis=None)
+            taken_sum += taken
+            bad_streak.assign(tf.where(taken > 0, tf.constant(0, tf.int64), bad_streak + 1))
             step.assign_add(1)
-        return loss_sum / tf.cast(num_steps, tf.float32), norm_sum / tf.cast(num_steps, tf.float32)
+        taken_steps = tf.maximum(taken_sum, 1.0)
+        skipped = tf.cast(num_steps, tf.float32) - taken_sum
+        return loss_sum / taken_steps, norm_sum / taken_steps, skipped
 
+    train_steps.bad_streak = bad_streak
     return train_steps
 
 
@@ -222,7 +242,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
     best_manager = tf.train.CheckpointManager(
         checkpoint, workdir / workdir_lib.BEST_CHECKPOINT, max_to_keep=1, step_counter=step
     )
-    restored = manager.restore_or_initialize()
+    restored = workdir_lib.restore_newest_readable(checkpoint, manager.checkpoints)
     start = int(step.numpy())
     if restored:
         logging.info("Resumed from %s at step %d", restored, start)
@@ -265,12 +285,54 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
     current, last_save, run_start = start, time.time(), time.time()
     # The ETA counts steady-state loops only: the first loop includes tracing.
     steady_steps, steady_seconds = 0, 0.0
+    skipped_total, recovered_from = 0, None
+
+    def save(manager_to_use):
+        try:
+            manager_to_use.save(checkpoint_number=int(step.numpy()))
+        except (OSError, tf.errors.OpError) as e:
+            raise errors.CheckpointError(
+                f"could not save a checkpoint in {manager_to_use.directory} ({e}); the previous one, "
+                f"{manager.latest_checkpoint}, is intact: free space (or fix permissions) and run again to resume"
+            ) from e
+
     with _stop_on_signals() as stop, writer.as_default():
         while current < total_steps and stop["signum"] is None:
             num_steps = min(config.train.steps_per_loop, total_steps - current)
             loop_start = time.time()
-            loss, grad_norm = (float(x) for x in train_steps(iterator, tf.constant(num_steps)))
+            loss, grad_norm, skipped = (float(x) for x in train_steps(iterator, tf.constant(num_steps)))
             previous, current = current, int(step.numpy())
+            if skipped:
+                skipped_total += int(skipped)
+                logging.warning(
+                    "steps %d-%d: skipped %d with a non-finite loss or gradient (%d in this run)",
+                    previous + 1,
+                    current,
+                    skipped,
+                    skipped_total,
+                )
+                tf.summary.scalar("train/skipped_steps", skipped, step=current)
+            if int(train_steps.bad_streak.numpy()) >= config.train.max_bad_steps:
+                latest = manager.latest_checkpoint
+                if recovered_from is not None or latest is None:
+                    raise FloatingPointError(
+                        f"{int(train_steps.bad_streak.numpy())} steps in a row had a non-finite loss or gradient "
+                        f"at step {current}"
+                        + (f", again after restoring {recovered_from}" if recovered_from else ", and no checkpoint")
+                        + "; nothing non-finite was applied or saved. Lower train.learning_rate, set "
+                        "train.grad_clip_norm or train.warmup_steps, or check the data"
+                    )
+                logging.warning(
+                    "%d steps in a row were non-finite: restoring %s and going on from there (once)",
+                    int(train_steps.bad_streak.numpy()),
+                    latest,
+                )
+                workdir_lib.restore_newest_readable(checkpoint, [latest])
+                recovered_from, current = latest, int(step.numpy())
+                train_steps.bad_streak.assign(0)
+                _, dataset = training_data(config, splits["train"], current)
+                iterator = iter(strategy.experimental_distribute_dataset(dataset))
+                continue
             now = time.time()
             steps_per_sec = num_steps / (now - loop_start)
             if previous == start:
@@ -288,11 +350,6 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                 steps_per_sec * items_per_step,
                 _format_seconds(eta),
             )
-            if not math.isfinite(loss):
-                # No save: the latest checkpoint (before the divergence) stays the one to resume from.
-                raise FloatingPointError(
-                    f"loss is {loss} at step {current}; the latest good checkpoint is {manager.latest_checkpoint}"
-                )
             tf.summary.scalar("train/loss", loss, step=current)
             tf.summary.scalar("train/grad_norm", grad_norm, step=current)
             tf.summary.scalar("train/steps_per_sec", steps_per_sec, step=current)
@@ -310,15 +367,20 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                 tf.summary.scalar("val/bound", val_bound, step=current)
                 if improved:
                     best_val_bound.assign(val_bound)
-                    best_manager.save(checkpoint_number=current)
+                    save(best_manager)
                 grid = evaluate.sample_grid(model, grid_support, config.sample, current)
                 tf.summary.image("samples", grid[None, ..., None], step=current)
             if now - last_save > config.train.checkpoint_every_secs:
-                manager.save(checkpoint_number=current)
+                save(manager)
                 last_save = now
-        manager.save(checkpoint_number=current)
+        save(manager)
         writer.flush()
     if stop["signum"] is not None and current < total_steps:
         raise Interrupted(current, stop["signum"])
-    logging.info("Trained to step %d in %s", current, _format_seconds(time.time() - run_start))
+    logging.info(
+        "Trained to step %d in %s%s",
+        current,
+        _format_seconds(time.time() - run_start),
+        f" ({skipped_total} non-finite steps skipped)" if skipped_total else "",
+    )
     return current

@@ -37,6 +37,17 @@ def make_checkpoint(model, **others) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model_variables=[v.value for v in model.variables], **others)
 
 
+def _checkpoint_prefixes(directory: pathlib.Path) -> list:
+    """The checkpoints a directory's `checkpoint` file lists, oldest first (files may be gone)."""
+    state = tf.train.get_checkpoint_state(str(directory))
+    return list(state.all_model_checkpoint_paths) if state else []
+
+
+def _newest_listed(directory: pathlib.Path) -> str | None:
+    prefixes = _checkpoint_prefixes(directory)
+    return prefixes[-1] if prefixes else None
+
+
 def find_checkpoint(workdir, which: str = "latest") -> tuple:
     """The checkpoint prefix to restore and which kind it is.
 
@@ -53,14 +64,44 @@ def find_checkpoint(workdir, which: str = "latest") -> tuple:
         raise errors.ConfigError(f"unknown checkpoint {which!r}; valid: {', '.join(CHECKPOINT_CHOICES)}")
     workdir = pathlib.Path(workdir)
     if which == "best":
-        best = tf.train.latest_checkpoint(workdir / BEST_CHECKPOINT)
+        best = _newest_listed(workdir / BEST_CHECKPOINT)
         if best is not None:
             return best, "best"
         logging.warning("no validated checkpoint in %s; using the latest checkpoint", workdir / BEST_CHECKPOINT)
-    latest = tf.train.latest_checkpoint(workdir / CHECKPOINTS)
+    latest = _newest_listed(workdir / CHECKPOINTS)
     if latest is None:
         raise errors.CheckpointError(f"no checkpoint in {workdir / CHECKPOINTS}: run --mode=train first")
     return latest, "latest"
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, prefixes) -> str | None:
+    """Restores the newest readable checkpoint of `prefixes` (oldest first, as
+    CheckpointManager.checkpoints lists them) into `checkpoint`; returns its prefix, or
+    None when `prefixes` is empty.
+
+    An unreadable checkpoint (truncated, a file missing, not matching the model) is
+    skipped with a warning naming it; if none is readable, CheckpointError names them.
+    """
+    prefixes = list(prefixes)
+    failures = []
+    for prefix in reversed(prefixes):
+        try:
+            checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+        except (
+            tf.errors.OpError,
+            OSError,
+            ValueError,
+            AssertionError,
+            IndexError,
+        ) as e:  # What TF raises for cut files.
+            reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
+            logging.warning("Checkpoint %s is unreadable (%s); trying the one before it", prefix, reason)
+            failures.append(f"{prefix}: {reason}")
+            continue
+        return prefix
+    if failures:
+        raise errors.CheckpointError("no readable checkpoint: " + "; ".join(failures))
+    return None
 
 
 def restore_model(config, workdir, which: str | None = None) -> Restored:
@@ -71,15 +112,22 @@ def restore_model(config, workdir, which: str | None = None) -> Restored:
       which: "best" or "latest"; default config.eval.checkpoint.
 
     Returns:
-      Restored(model, step, checkpoint kind). Raises FileNotFoundError naming the
-      workdir if it has no checkpoint.
+      Restored(model, step, checkpoint kind). Raises CheckpointError naming the
+      workdir if it has no checkpoint, or the files if none is readable.
     """
     prefix, kind = find_checkpoint(workdir, which or config.eval.checkpoint)
     model = models.build_model(config.model, **config.model_kwargs.to_dict())
     step = tf.Variable(0, dtype=tf.int64)
     checkpoint = make_checkpoint(model, step=step)
     # Partial: the optimizer's slots are not needed; every model variable must be there.
-    checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+    # An unreadable checkpoint falls back to an older one of the same kind, then to the latest.
+    chosen = prefix
+    candidates = _checkpoint_prefixes(pathlib.Path(prefix).parent) or [prefix]
+    if kind == "best":
+        candidates = _checkpoint_prefixes(pathlib.Path(workdir) / CHECKPOINTS) + candidates
+    prefix = restore_newest_readable(checkpoint, candidates)
+    if kind == "best" and prefix != chosen:
+        kind = "latest"
     logging.info("Restored %s (%s checkpoint, step %d)", prefix, kind, int(step.numpy()))
     return Restored(model, int(step.numpy()), kind)
 

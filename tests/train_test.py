@@ -207,7 +207,8 @@ class EndToEndTest(tf.test.TestCase):
         batch = helpers.random_images([2, 1, 28, 28, 1])
         iterator = iter(tf.data.Dataset.from_tensors({"images": batch}).repeat())
         train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
-        loss, norm = train_steps(iterator, tf.constant(1))
+        loss, norm, skipped = train_steps(iterator, tf.constant(1))
+        self.assertEqual(float(skipped), 0.0)
 
         seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0]), 0)
         with tf.GradientTape() as tape:
@@ -229,6 +230,83 @@ class EndToEndTest(tf.test.TestCase):
             results.append(json.loads(pathlib.Path(workdir, "eval.json").read_text())["per_shot"])
         self.assertEqual(results[0], results[1])
         self.assertNotEqual(results[0], results[2])
+
+    def _train_with_nan_batches(self, workdir, nan_steps, steps):
+        """Trains tiny vae for `steps`, the batches at 0-based `nan_steps` all NaN."""
+        config = helpers.tiny_config("vae")
+        config.train.steps = steps
+        config.train.max_bad_steps = 3
+        config.train.checkpoint_every_secs = 0  # A checkpoint after every inner loop.
+        real_training_data = train.training_data
+
+        def with_nans(config, characters, start=0):
+            characters, dataset = real_training_data(config, characters, start)
+            index = tf.data.Dataset.range(start, 1 << 40)
+
+            def poison(i, batch):
+                bad = tf.reduce_any(tf.equal(i, tf.constant(nan_steps or [-1], tf.int64)))
+                return {**batch, "images": tf.where(bad, np.nan, batch["images"])}
+
+            return characters, tf.data.Dataset.zip(index, dataset).map(poison)
+
+        with mock.patch.object(train, "training_data", with_nans):
+            return train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+
+    def test_non_finite_steps_are_skipped_and_never_saved(self):
+        workdir = self.create_tempdir().full_path
+        with self.assertLogs(level="WARNING") as logs:
+            self.assertEqual(self._train_with_nan_batches(workdir, [1], 4), 4)
+        self.assertIn("steps 2-2: skipped 1 with a non-finite loss or gradient (1 in this run)", "\n".join(logs.output))
+        config = helpers.tiny_config("vae")
+        model = workdir_lib.restore_model(config, workdir, "latest").model
+        self.assertTrue(all(np.all(np.isfinite(v.numpy())) for v in model.variables))
+
+    def test_a_run_of_non_finite_steps_restores_then_stops(self):
+        workdir = self.create_tempdir().full_path
+        self._train_with_nan_batches(workdir, [], 2)  # Good checkpoint at step 2.
+        config = helpers.tiny_config("vae")
+        good = [v.numpy() for v in workdir_lib.restore_model(config, workdir, "latest").model.variables]
+        with self.assertRaisesRegex(FloatingPointError, r"3 steps in a row .* again after restoring .*ckpt-"):
+            self._train_with_nan_batches(workdir, [2, 3, 4, 5, 6, 7, 8], 8)
+        # Checkpoints written meanwhile hold the good weights: nothing non-finite was applied.
+        for value, expected in zip(workdir_lib.restore_model(config, workdir, "latest").model.variables, good):
+            self.assertAllEqual(value, expected)
+
+    def test_a_corrupt_checkpoint_falls_back_to_the_one_before(self):
+        config = helpers.tiny_config("vae")
+        config.train.checkpoint_every_secs = 0
+        config.train.steps = 3
+        workdir = pathlib.Path(self.create_tempdir())
+        train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        self.assertEqual(_checkpoint_steps(workdir), [1, 2, 3])
+        data = next((workdir / "checkpoints").glob("ckpt-3.data-*"))
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # Truncated.
+        with self.assertLogs(level="WARNING") as logs:
+            restored = workdir_lib.restore_model(config, workdir, "latest")
+        self.assertEqual(restored.step, 2)
+        self.assertIn("ckpt-3 is unreadable", "\n".join(logs.output))
+        config.train.steps = 4  # Training resumes from step 2 too.
+        with self.assertLogs(level="WARNING"):
+            self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 4)
+        # ckpt-3 (rewritten by the resumed run) cut again, the others removed: nothing to fall back to.
+        data = next((workdir / "checkpoints").glob("ckpt-3.data-*"))
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+        for prefix in ("ckpt-2", "ckpt-4"):
+            for file in (workdir / "checkpoints").glob(prefix + ".*"):
+                file.unlink()
+        with self.assertRaisesRegex(errors.CheckpointError, "no readable checkpoint: .*ckpt-3"):
+            workdir_lib.restore_model(config, workdir, "latest")
+
+    def test_a_failed_save_says_so_and_keeps_the_previous_checkpoint(self):
+        config = helpers.tiny_config("vae")
+        workdir = pathlib.Path(self.create_tempdir())
+        train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        config.train.steps = 4
+        full = OSError(28, "No space left on device")
+        with mock.patch.object(tf.train.CheckpointManager, "save", side_effect=full):
+            with self.assertRaisesRegex(errors.CheckpointError, r"No space left on device.*ckpt-2, is intact"):
+                train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        self.assertEqual(workdir_lib.restore_model(config, workdir, "latest").step, 2)
 
     def test_learning_rate_schedules(self):
         config = helpers.tiny_config("iwae")

@@ -66,7 +66,7 @@ def _time_training(config, splits, precision: str, xla: bool) -> dict:
     train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
     train_steps(iterator, tf.constant(2))  # Trace and warm up.
     start = time.perf_counter()
-    loss = float(train_steps(iterator, tf.constant(_STEPS.value))[0])
+    loss = float(train_steps(iterator, tf.constant(_STEPS.value))[0])  # (loss, grad norm, skipped steps)
     seconds = time.perf_counter() - start
     # FLOPs of one step: the profiler needs static shapes, so trace the step on one batch.
     batch = next(iter(dataset))["images"]
