@@ -5,7 +5,8 @@ to a hidden temporary folder first and renamed, so an interrupted export never
 leaves a half-written version behind. Signatures:
   sample(support [b, s, 28, 28, 1], seed int32 [2]) -> probs, images [b, 28, 28, 1]
   log_prob(support, query [b, 28, 28, 1], num_samples int32 [], seed) -> log_prob [b]
-Inputs are checked at run time: finite, in [0, 1], matching batch sizes. A support
+Inputs are checked at run time: finite, in [0, 1], matching batch sizes, bounded
+(MAX_BATCH, MAX_SHOTS, MAX_NUM_SAMPLES; log_prob scores in passes of bounded size). A support
 of shape [batch, 0] (how JSON spells zero shots: `[[], []]`) means [batch, 0, 28, 28, 1].
 """
 
@@ -24,6 +25,12 @@ _QUERY = tf.TensorSpec(None, tf.float32, name="query")
 _SEED = tf.TensorSpec([2], tf.int32, name="seed")
 _NUM_SAMPLES = tf.TensorSpec([], tf.int32, name="num_samples")
 _SHAPES = {"support": "[batch, shots, 28, 28, 1]", "query": "[batch, 28, 28, 1]"}
+# Bounds that keep one call's memory bounded whatever a client sends: log_prob scores at
+# most MAX_WEIGHTS_PER_PASS (query, sample) pairs at once and loops over the rest.
+MAX_BATCH = 4096
+MAX_SHOTS = 100
+MAX_NUM_SAMPLES = 100_000
+MAX_WEIGHTS_PER_PASS = 2048
 
 
 def _require(condition: tf.Tensor, tensor: tf.Tensor, message: str) -> tf.Tensor:
@@ -53,7 +60,17 @@ def _checked(images: tf.Tensor, name: str) -> tf.Tensor:
     shape_ok = tf.logical_and(tf.equal(tf.size(shape), rank), tf.reduce_all(tf.equal(last_three, [28, 28, 1])))
     images = tf.ensure_shape(_require(shape_ok, images, message), [None] * (rank - 3) + [28, 28, 1])
     images = _require(tf.reduce_all(tf.math.is_finite(images)), images, f"{name} has NaN or Inf values")
-    return _require(tf.reduce_all((images >= 0.0) & (images <= 1.0)), images, message)
+    images = _require(tf.reduce_all((images >= 0.0) & (images <= 1.0)), images, message)
+    images = _require(tf.shape(images)[0] <= MAX_BATCH, images, f"{name} batch must be <= {MAX_BATCH}")
+    if name == "support":
+        images = _require(tf.shape(images)[1] <= MAX_SHOTS, images, f"support shots must be <= {MAX_SHOTS}")
+    return images
+
+
+def _checked_seed(seed: tf.Tensor) -> tf.Tensor:
+    """seed, if it is [2] (a loaded signature checks its dtype, not always its shape)."""
+    shape_ok = tf.logical_and(tf.equal(tf.rank(seed), 1), tf.equal(tf.size(seed), 2))
+    return tf.ensure_shape(_require(shape_ok, seed, "seed must be int32 [2]"), [2])
 
 
 class Servable(tf.Module):
@@ -68,16 +85,51 @@ class Servable(tf.Module):
 
     @tf.function(input_signature=[_SUPPORT, _SEED])
     def sample(self, support, seed):
-        probs, images = self.model.sample(_checked(support, "support"), seed)
-        return {"probs": probs, "images": images}
+        support, seed = _checked(support, "support"), _checked_seed(seed)
+
+        def draw():
+            return self.model.sample(support, seed)
+
+        def nothing():  # Batch 0: the distributions cannot even be sampled.
+            return tf.zeros([0, 28, 28, 1]), tf.zeros([0, 28, 28, 1])
+
+        probs, images = tf.cond(tf.shape(support)[0] > 0, draw, nothing)
+        return {
+            "probs": tf.ensure_shape(probs, [None, 28, 28, 1]),
+            "images": tf.ensure_shape(images, [None, 28, 28, 1]),
+        }
 
     @tf.function(input_signature=[_SUPPORT, _QUERY, _NUM_SAMPLES, _SEED])
     def log_prob(self, support, query, num_samples, seed):
-        support, query = _checked(support, "support"), _checked(query, "query")
+        support, query, seed = _checked(support, "support"), _checked(query, "query"), _checked_seed(seed)
         same_batch = tf.equal(tf.shape(support)[0], tf.shape(query)[0])
         query = _require(same_batch, query, "support and query need the same batch size")
         num_samples = _require(num_samples >= 1, num_samples, "num_samples must be >= 1")
-        return {"log_prob": self.model.log_prob(support, query, num_samples, seed)}
+        num_samples = _require(num_samples <= MAX_NUM_SAMPLES, num_samples, f"num_samples must be <= {MAX_NUM_SAMPLES}")
+        log_prob = tf.cond(
+            tf.shape(query)[0] > 0,
+            lambda: self._chunked_log_prob(support, query, num_samples, seed),
+            lambda: tf.zeros([0]),
+        )
+        return {"log_prob": tf.ensure_shape(log_prob, [None])}
+
+    def _chunked_log_prob(self, support, query, num_samples, seed):
+        """model.log_prob, at most MAX_WEIGHTS_PER_PASS weights at a time: the same
+        numbers (same seed) when they fit in one pass; otherwise pass c is seeded with
+        fold_in(seed, c) and the passes are combined by a running log-sum-exp."""
+        batch = tf.shape(query)[0]
+        chunk = tf.maximum(1, tf.minimum(num_samples, MAX_WEIGHTS_PER_PASS // tf.maximum(batch, 1)))
+        num_chunks = (num_samples + chunk - 1) // chunk
+
+        def body(c, total):
+            size = tf.minimum(chunk, num_samples - c * chunk)
+            chunk_seed = tf.where(num_chunks == 1, seed, tf.random.experimental.stateless_fold_in(seed, c))
+            weights = tf.cast(self.model.log_weights(support, query, size, chunk_seed), tf.float32)
+            return c + 1, tf.experimental.numpy.logaddexp(total, tf.reduce_logsumexp(weights, axis=0))
+
+        initial = tf.fill([batch], tf.constant(-float("inf")))
+        _, total = tf.while_loop(lambda c, _: c < num_chunks, body, (tf.constant(0), initial))
+        return total - tf.math.log(tf.cast(num_samples, tf.float32))
 
 
 def next_version(model_dir: pathlib.Path) -> int:
