@@ -25,6 +25,7 @@ import hashlib
 import os
 import pathlib
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -134,8 +135,14 @@ def load_gmn28(data_dir) -> dict:
 _PNG_NAME = re.compile(r"(?:^|/)(images_(?:background|evaluation))/([^/]+)/(character\d+)/(\d{4})_(\d{2})\.png$")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _upstream_files(path: pathlib.Path):
-    """Yields (character name, drawer, png bytes reader) from a zip or an unpacked folder."""
+    """Yields (character name, drawer, png bytes reader) from a zip or an unpacked folder.
+
+    The reader raises DataError naming the file when it cannot be read or is not a PNG.
+    """
     if path.suffix == ".zip":
         try:
             archive = zipfile.ZipFile(path)
@@ -144,12 +151,27 @@ def _upstream_files(path: pathlib.Path):
         for member in archive.namelist():
             match = _PNG_NAME.search(member)
             if match:
-                yield f"{match[1]}/{match[2]}/{match[3]}", int(match[5]), lambda m=member: archive.read(m)
+                yield f"{match[1]}/{match[2]}/{match[3]}", int(match[5]), lambda m=member: _png(archive.read, m, path)
     else:
         for file in path.rglob("*.png"):
             match = _PNG_NAME.search(file.as_posix())
             if match:
-                yield f"{match[1]}/{match[2]}/{match[3]}", int(match[5]), file.read_bytes
+                yield (
+                    f"{match[1]}/{match[2]}/{match[3]}",
+                    int(match[5]),
+                    lambda f=file: _png(pathlib.Path.read_bytes, f),
+                )
+
+
+def _png(read, where, archive=None) -> bytes:
+    name = f"{archive}:{where}" if archive else str(where)
+    try:
+        data = read(where)
+    except (OSError, zipfile.BadZipFile, EOFError) as e:  # A cut zip fails on its members.
+        raise DataError(f"upstream source: cannot read {name}: {e}") from e
+    if not data.startswith(_PNG_SIGNATURE):
+        raise DataError(f"upstream source: {name} is not a PNG image")
+    return data
 
 
 def _fingerprint(paths) -> str:
@@ -205,8 +227,11 @@ def _cached(cache: pathlib.Path, build) -> CharacterSet:
     Written to a partial file and renamed, so an interrupted run leaves no cache.
     """
     if cache.exists():
-        with np.load(cache) as cached:
-            return CharacterSet(tuple(cached["names"].tolist()), cached["images"])
+        try:
+            with np.load(cache) as cached:
+                return CharacterSet(tuple(cached["names"].tolist()), cached["images"])
+        except (OSError, ValueError, KeyError, EOFError) as e:  # A damaged cache is rebuilt, not fatal.
+            warnings.warn(f"ignoring the unreadable cache {cache} ({e}); decoding again", stacklevel=2)
     characters = build()
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(".partial.npz")

@@ -117,6 +117,31 @@ class ErrorsTest(tf.test.TestCase):
         with self.assertRaisesRegex(omniglot.DataError, "not a readable zip"):
             omniglot.load_upstream(folder, cache_dir=folder)
 
+    def test_bad_upstream_files_are_named(self):
+        upstream = helpers.OMNIGLOT_DIR / "images_background_small2.zip"
+        folder = pathlib.Path(self.create_tempdir())
+        data = upstream.read_bytes()
+        (folder / "images_background.zip").write_bytes(data[: len(data) // 2])  # Cut: no central directory.
+        with self.assertRaisesRegex(omniglot.DataError, "images_background.zip is not a readable zip"):
+            omniglot.load_upstream(folder, cache_dir=folder)
+        # An unpacked folder: an empty one, then one with a file that is not a PNG.
+        (folder / "images_background.zip").unlink()
+        character = folder / "images_background" / "Alphabet" / "character01"
+        character.mkdir(parents=True)
+        with self.assertRaisesRegex(omniglot.DataError, "holds no images_background/<Alphabet>"):
+            omniglot.load_upstream(folder, cache_dir=folder)
+        (character / "0001_01.png").write_text("this is not an image")
+        with self.assertRaisesRegex(omniglot.DataError, r"character01/0001_01.png is not a PNG image"):
+            omniglot.load_upstream(folder, cache_dir=folder)
+
+    def test_damaged_cache_is_rebuilt(self):
+        cache = pathlib.Path(self.create_tempdir()) / "cache.npz"
+        built = omniglot.CharacterSet(("a",), np.zeros((1, 20, 28, 28), np.uint8))
+        cache.write_bytes(b"cut")
+        with self.assertWarnsRegex(UserWarning, "ignoring the unreadable cache"):
+            self.assertEqual(omniglot._cached(cache, lambda: built).names, ("a",))
+        self.assertEqual(omniglot._cached(cache, lambda: None).names, ("a",))  # Now read from the cache.
+
     def test_tfds_without_prepared_data_fails_without_downloading(self):
         empty = self.create_tempdir().full_path
         with self.assertRaisesRegex(omniglot.DataError, "not prepared .*downloading is off"):
