@@ -358,15 +358,18 @@ def make_server(app_: App, host: str = "127.0.0.1", port: int = 0) -> serving.Ba
     return serving.make_server(host, port, app_, threaded=True)
 
 
-_EXPORT_DIRS = flags.DEFINE_multi_string(
-    "export_dir", None, "Model base path (<dir>/<version>/) or folder of them; repeatable. Default: pretrained/."
-)
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 serves other machines too.")
-_PORT = flags.DEFINE_integer("port", 8501, "Port (TF Serving's REST port by default); 0 picks a free one.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Omniglot for the page's random examples; default as main's.")
-_MAX_NUM_SAMPLES = flags.DEFINE_integer("max_num_samples", Limits.max_num_samples, "Cap on num_samples.")
-_MAX_BATCH = flags.DEFINE_integer("max_batch", Limits.max_batch, "Cap on the batch of one request.")
-_UPSTREAM = flags.DEFINE_string("upstream", None, "A TF Serving REST base URL to send /v1/models requests to.")
+def define_flags():
+    """The command line's flags (defined only when serve runs as a program, so that
+    importing this module next to oneshot_tf.main defines nothing twice)."""
+    flags.DEFINE_multi_string(
+        "export_dir", None, "Model base path (<dir>/<version>/) or folder of them; repeatable. Default: pretrained/."
+    )
+    flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 serves other machines too.")
+    flags.DEFINE_integer("port", 8501, "Port (TF Serving's REST port by default); 0 picks a free one.")
+    flags.DEFINE_string("data_dir", None, "Omniglot for the page's random examples; default as main's.")
+    flags.DEFINE_integer("max_num_samples", Limits.max_num_samples, "Cap on num_samples.")
+    flags.DEFINE_integer("max_batch", Limits.max_batch, "Cap on the batch of one request.")
+    flags.DEFINE_string("upstream", None, "A TF Serving REST base URL to send /v1/models requests to.")
 
 
 def main(argv):
@@ -374,25 +377,25 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from oneshot_tf.data import omniglot
 
-    export_dirs = _EXPORT_DIRS.value or (
-        [] if _UPSTREAM.value else [pathlib.Path(__file__).resolve().parents[1] / "pretrained"]
+    export_dirs = flags.FLAGS.export_dir or (
+        [] if flags.FLAGS.upstream else [pathlib.Path(__file__).resolve().parents[1] / "pretrained"]
     )
     try:
         models = load_models(export_dirs)
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}") from None
     try:
-        data_dir = _DATA_DIR.value or omniglot.default_data_dir()
+        data_dir = flags.FLAGS.data_dir or omniglot.default_data_dir()
     except omniglot.DataError:
         data_dir = None
         logging.warning("No Omniglot data found: the page's random-example button is off (pass --data_dir)")
-    limits = Limits(max_batch=_MAX_BATCH.value, max_num_samples=_MAX_NUM_SAMPLES.value)
+    limits = Limits(max_batch=flags.FLAGS.max_batch, max_num_samples=flags.FLAGS.max_num_samples)
     server = make_server(
-        App(models, limits=limits, data_dir=data_dir, upstream=_UPSTREAM.value), _HOST.value, _PORT.value
+        App(models, limits=limits, data_dir=data_dir, upstream=flags.FLAGS.upstream), flags.FLAGS.host, flags.FLAGS.port
     )
-    served = f"the models of {_UPSTREAM.value}" if _UPSTREAM.value else ", ".join(sorted(models))
-    logging.info("Serving %s on http://%s:%d/", served, _HOST.value, server.port)
-    print(f"Serving {served}: open http://{_HOST.value}:{server.port}/", flush=True)
+    served = f"the models of {flags.FLAGS.upstream}" if flags.FLAGS.upstream else ", ".join(sorted(models))
+    logging.info("Serving %s on http://%s:%d/", served, flags.FLAGS.host, server.port)
+    print(f"Serving {served}: open http://{flags.FLAGS.host}:{server.port}/", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -402,4 +405,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -165,6 +166,34 @@ class ServerTest(tf.test.TestCase):
         self.assertIn("3 support images | 4 samples", result.stdout)
         self.assertRegex(result.stdout, r"log p\(support\[-1\] \| support\[:-1\]\) = -\d+\.\d\d nats")
         self.assertEqual(tf.io.decode_png(out.read_bytes()).shape, (28, 3 * 28 + 4 + 4 * 28, 1))
+
+
+class CommandLineTest(tf.test.TestCase):
+    def test_serve_command_starts_serves_and_stops(self):
+        root = pathlib.Path(self.create_tempdir())
+        export_tiny(root, "vae")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "oneshot_tf.serve", f"--export_dir={root}", "--port=0", f"--data_dir={helpers.DATA_DIR}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        try:
+            line = ""
+            deadline = time.time() + TIMEOUT
+            while "open http://" not in line and time.time() < deadline and process.poll() is None:
+                line = process.stdout.readline()
+            self.assertIn("Serving vae: open http://127.0.0.1:", line)
+            url = line.split("open ")[1].strip().rstrip("/")
+            self.assertEqual(call(url + "/v1/models")[1], {"models": [{"name": "vae", "version": "1"}]})
+            self.assertEqual(call(url + "/v1/examples?seed=1")[0], 200)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        missing = subprocess.run(
+            [sys.executable, "-m", "oneshot_tf.serve", f"--export_dir={root / 'nothing'}", "--port=0"],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        self.assertNotEqual(missing.returncode, 0)
+        self.assertIn("error: --export_dir", missing.stderr)
 
 
 class ExamplesTest(tf.test.TestCase):

@@ -29,6 +29,7 @@ _REQUESTS = flags.DEFINE_integer("requests", 200, "Timed calls per path.")
 _SHOTS = flags.DEFINE_integer("shots", 5, "Support drawings.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Support sets per call.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "A B rounds the calls are split into.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 
 
 def _cpu() -> str:
