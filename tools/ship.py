@@ -1,0 +1,97 @@
+"""Ships a trained workdir's model into pretrained/<model>/ (SPEC §6), if it is better.
+
+  python tools/ship.py --workdir=runs/gmn --model=gmn --wall_time="94 min" \
+      --command="python -m oneshot_tf.main --model=gmn ..." [--force]
+
+Copies the newest export (<workdir>/export/<model>/<v>/) as pretrained/<model>/1/,
+with eval.json, per_shot.png, the newest sample grid, config.json and PROVENANCE.md
+(steps, wall time, machine, command, commit, numbers). A model already shipped is
+replaced only when the new one's mean of t = 1..5 (eval.json) is higher, unless
+--force. Refuses a model folder over 40 MB. Prints what it did.
+"""
+
+import json
+import pathlib
+import platform
+import shutil
+import subprocess
+
+from absl import app, flags
+
+from oneshot_tf import precision
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Trained, evaluated and exported workdir.", required=True)
+_MODEL = flags.DEFINE_string("model", None, "Model name (the export folder's).", required=True)
+_COMMAND = flags.DEFINE_string("command", "", "The training command, for the provenance.")
+_WALL_TIME = flags.DEFINE_string("wall_time", "", "Training wall time, for the provenance.")
+_NOTES = flags.DEFINE_string("notes", "", "Anything else the provenance should say.")
+_FORCE = flags.DEFINE_bool("force", False, "Replace a shipped model even if it is not better.")
+_ROOT = pathlib.Path(__file__).resolve().parents[1] / "pretrained"
+_LIMIT = 40 << 20
+
+
+def _machine() -> str:
+    name = platform.processor() or "unknown CPU"
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    flags_seen = sorted(precision.cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    import os
+
+    return f"{name}, {os.cpu_count()} cores ({', '.join(flags_seen)}), no GPU"
+
+
+def main(argv):
+    del argv
+    workdir, name = pathlib.Path(_WORKDIR.value), _MODEL.value
+    result = json.loads((workdir / "eval.json").read_text())
+    exports = sorted((workdir / "export" / name).glob("[0-9]*"), key=lambda p: int(p.name))
+    if not exports:
+        raise SystemExit(f"error: no export in {workdir / 'export' / name}: run --mode=export")
+    target = _ROOT / name
+    if (target / "eval.json").exists() and not _FORCE.value:
+        shipped = json.loads((target / "eval.json").read_text())["mean_t1_to_5"]["log_prob"]
+        if result["mean_t1_to_5"]["log_prob"] <= shipped:
+            raise SystemExit(
+                f"not shipped: mean of t=1..5 {result['mean_t1_to_5']['log_prob']:.2f} is not above the shipped {shipped:.2f}"
+            )
+    staging = _ROOT / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(exports[-1], staging / "1")
+    shutil.copy(workdir / "eval.json", staging / "eval.json")
+    shutil.copy(workdir / "config.json", staging / "config.json")
+    if (workdir / "per_shot.png").exists():
+        shutil.copy(workdir / "per_shot.png", staging / "per_shot.png")
+    grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
+    if grids:
+        shutil.copy(grids[-1], staging / "samples.png")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rows = " | ".join(f"{r['log_prob']:.2f}" for r in result["per_shot"])
+    (staging / "PROVENANCE.md").write_text(
+        f"# pretrained/{name}\n\n"
+        f"- Checkpoint: step {result['checkpoint_step']} ({result['checkpoint']} checkpoint of the run)\n"
+        f"- Training command: `{_COMMAND.value}`\n"
+        f"- Wall time: {_WALL_TIME.value}\n"
+        f"- Machine: {_machine()}\n"
+        f"- Code: commit {commit} of oneshot_tf\n"
+        f"- Precision of the evaluation: {result['precision']}\n"
+        f"- Per-shot log p(x_t | x_<t), t = 1..10, {result['episodes']} test episodes, K = {result['num_samples']}: "
+        f"{rows} nats; mean of t = 1..5: {result['mean_t1_to_5']['log_prob']:.2f}\n"
+        + (f"- {_NOTES.value}\n" if _NOTES.value else "")
+        + "\nUse: `python -m oneshot_tf.main --model="
+        + name
+        + " --pretrained --mode=sample`, "
+        "`python -m oneshot_tf.serve`, or this folder as TF Serving's model base path.\n"
+    )
+    size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+    if size > _LIMIT:
+        shutil.rmtree(staging)
+        raise SystemExit(f"error: {size / 2**20:.1f} MB is over the 40 MB limit for a shipped model")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    print(f"shipped {exports[-1]} as {target}/1 ({size / 2**20:.1f} MB)")
+
+
+if __name__ == "__main__":
+    app.run(main)
