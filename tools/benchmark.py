@@ -3,6 +3,13 @@
   python tools/benchmark.py --config=configs/statistician.py \
       [--precisions=float32,mixed_bfloat16] [--xla=false,true] [--steps=30] \
       [--eval_episodes=0] [--out=benchmark.json]
+  python tools/benchmark.py --config=configs/statistician.py --peer=~/nspeer/bin/python --rounds=3
+
+With --peer (a Python that has torch), the reference implementation
+(../shared/bench/peer_ns_bench.py) is timed beside ours, A B A B: per precision,
+--rounds rounds of our --steps steps then the reference's (float32 against float32,
+mixed_bfloat16 against its bfloat16 autocast), and the median sets/s of each and
+their ratio are printed with the CPU's name and flags.
 
 For each (precision, XLA) pair, runs the trainer's own inner loop
 (`train.make_train_steps`) on real episodes and reports steps/s, sets/s,
@@ -14,8 +21,10 @@ reported at the end. JSON goes to --out; a table goes to stdout.
 """
 
 import json
+import os
 import pathlib
 import resource
+import subprocess
 import time
 
 import keras
@@ -36,6 +45,9 @@ _XLA = flags.DEFINE_list("xla", ["false"], "jit_compile settings to time (false,
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed training steps per setting (after a warm-up call).")
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 0, "Episodes for the per-shot table timing; 0 skips.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON report.")
+_PEER = flags.DEFINE_string("peer", None, "Python with torch: time the PyTorch reference beside ours, A B A B.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "A B rounds with --peer.")
+_PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench" / "peer_ns_bench.py"
 
 
 def _data_dir():
@@ -48,6 +60,25 @@ def _count_flops(concrete_function):
     options = option_builder.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return model_analyzer.profile(concrete_function.graph, options=options).total_float_ops or None
+
+
+def _training_setup(config, splits, precision: str, xla: bool):
+    """The trainer's own inner loop, traced and warmed up: a function of a step count."""
+    precision_lib.set_policy(precision)
+    keras.utils.set_random_seed(config.seed)
+    with config.unlocked():
+        config.train.jit_compile = xla
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        model = models.build_model(config.model, **config.model_kwargs.to_dict())
+        optimizer = train.make_optimizer(config.train)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    _, dataset = train.training_data(config, splits["train"])
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
+    train_steps(iterator, tf.constant(2))  # Trace and warm up.
+    return lambda num_steps: float(train_steps(iterator, tf.constant(num_steps))[0])
 
 
 def _time_training(config, splits, precision: str, xla: bool) -> dict:
@@ -125,6 +156,53 @@ def _time_serving(model, splits, config) -> dict:
     return result
 
 
+def _cpu() -> str:
+    name = "unknown CPU"
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    flags_seen = sorted(precision_lib.cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    return f"{name}, {os.cpu_count()} cores ({', '.join(flags_seen)})"
+
+
+def _peer_sets_per_sec(precision: str) -> float:
+    """One run of the reference's throughput benchmark: its sets/s."""
+    dtype = "float32" if precision == "float32" else "bfloat16"
+    command = [os.path.expanduser(_PEER.value), str(_PEER_SCRIPT), "--warmup", "2", "--steps", str(_STEPS.value),
+               "--threads", str(os.cpu_count()), "--dtype", dtype, "--no-flops"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise SystemExit(f"the reference failed: {done.stderr[-2000:]}")
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return float(lines[-1]["sets_per_s"])
+
+
+def _side_by_side(config, splits) -> list:
+    """Per precision: A B A B rounds of ours and the reference; medians and the ratio."""
+    rows = []
+    for precision in _PRECISIONS.value:
+        ours, theirs = [], []
+        run = _training_setup(config, splits, precision, xla=False)
+        for _ in range(_ROUNDS.value):
+            start = time.perf_counter()
+            run(_STEPS.value)
+            ours.append(_STEPS.value * config.data.batch_size / (time.perf_counter() - start))
+            theirs.append(_peer_sets_per_sec(precision))
+            logging.info("%s: ours %.2f sets/s, reference %.2f sets/s", precision, ours[-1], theirs[-1])
+        rows.append(
+            {
+                "precision": precision,
+                "ours_sets_per_sec": [round(x, 2) for x in ours],
+                "reference_sets_per_sec": [round(x, 2) for x in theirs],
+                "ours_median": round(float(np.median(ours)), 2),
+                "reference_median": round(float(np.median(theirs)), 2),
+                "ratio": round(float(np.median(ours) / np.median(theirs)), 3),
+            }
+        )
+    return rows
+
+
 def _or_na(value, spec: str) -> str:
     width = int(spec.split(".")[0])
     return f"{'n/a':>{width}}" if value is None else format(value, spec)
@@ -136,6 +214,13 @@ def main(argv):
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/statistician.py")
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)
+    if _PEER.value:
+        rows = _side_by_side(config, splits)
+        report = {"model": config.model, "cpu": _cpu(), "steps_per_round": _STEPS.value, "side_by_side": rows}
+        if _OUT.value:
+            pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return
     rows, serving = [], {}
     for precision in _PRECISIONS.value:
         for xla in _XLA.value:
