@@ -35,7 +35,7 @@ def per_shot_figure(result: dict, path) -> pathlib.Path:
     shots = np.array([row["shots"] for row in rows])
     means = np.array([row["log_prob"] for row in rows])
     errors = np.array([row["stderr"] for row in rows])
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
     label = f"ours: {result['model']}, step {result.get('checkpoint_step', '?')}, K={result['num_samples']}"
     ax.errorbar(shots, means, yerr=errors, fmt="o-", color="black", capsize=3, label=label, zorder=3)
     markers = iter("sDv^<>p")
@@ -49,7 +49,7 @@ def per_shot_figure(result: dict, path) -> pathlib.Path:
     ax.grid(alpha=0.3)
     title = f"Per-shot log-likelihood, C_test = {result.get('c_test', 1)}, {result['episodes']} test episodes"
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path)
