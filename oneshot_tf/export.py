@@ -78,7 +78,9 @@ class Servable(tf.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        # Not an attribute tf.Module would track: a tracked Keras 3 model saves its
+        # variables a second time (as Keras variables), doubling the SavedModel.
+        self._model = lambda: model
         # Tracking the underlying tf.Variables lets the TF1 loader (saved_model_cli,
         # TF Serving) restore them; Keras 3 variables alone are not enough.
         self.model_variables = [v.value for v in model.variables]
@@ -88,7 +90,7 @@ class Servable(tf.Module):
         support, seed = _checked(support, "support"), _checked_seed(seed)
 
         def draw():
-            return self.model.sample(support, seed)
+            return self._model().sample(support, seed)
 
         def nothing():  # Batch 0: the distributions cannot even be sampled.
             return tf.zeros([0, 28, 28, 1]), tf.zeros([0, 28, 28, 1])
@@ -124,7 +126,7 @@ class Servable(tf.Module):
         def body(c, total):
             size = tf.minimum(chunk, num_samples - c * chunk)
             chunk_seed = tf.where(num_chunks == 1, seed, tf.random.experimental.stateless_fold_in(seed, c))
-            weights = tf.cast(self.model.log_weights(support, query, size, chunk_seed), tf.float32)
+            weights = tf.cast(self._model().log_weights(support, query, size, chunk_seed), tf.float32)
             return c + 1, tf.experimental.numpy.logaddexp(total, tf.reduce_logsumexp(weights, axis=0))
 
         initial = tf.fill([batch], tf.constant(-float("inf")))
