@@ -14,7 +14,9 @@ it once with `set_policy`; library code and tests use `policy_scope`.
 """
 
 import contextlib
+import os
 import pathlib
+import platform
 
 import keras
 import tensorflow as tf
@@ -27,16 +29,32 @@ CHOICES = ("auto",) + POLICIES
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
-    """The CPU feature flags Linux reports (empty where there is no /proc/cpuinfo)."""
+# The CPU flags that decide our speed; benchmark reports name them beside every number.
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo_field(name: str, cpuinfo: str) -> str | None:
+    """The first `name : value` of /proc/cpuinfo, or None (no such file or field)."""
     try:
         text = pathlib.Path(cpuinfo).read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(name):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+    """The CPU feature flags Linux reports (empty where there is no /proc/cpuinfo)."""
+    return set((_cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def describe_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'<model name>, <n> cores (<AVX2 / AVX-512 / bfloat16 / AMX flags present>)'."""
+    name = _cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown CPU"
+    present = [f for f in _SPEED_FLAGS if f in cpu_flags(cpuinfo)]
+    return f"{name}, {os.cpu_count()} cores ({', '.join(present) or 'none of ' + ', '.join(_SPEED_FLAGS)})"
 
 
 def fast_bfloat16_device() -> str | None:

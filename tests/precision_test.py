@@ -21,9 +21,11 @@ def test_bad_precision_names_the_choices():
 
 def test_cpu_flags_parsed_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
     assert {"avx512_bf16", "sse2"} <= precision.cpu_flags(str(cpuinfo))
     assert precision.cpu_flags(str(tmp_path / "missing")) == set()
+    assert precision.describe_cpu(str(cpuinfo)).startswith("Some CPU, ")
+    assert precision.describe_cpu(str(cpuinfo)).endswith(" cores (avx512f, avx512_bf16)")
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,8 @@ def _count_flops(concrete_function):
 
 
 def _training_setup(config, splits, precision: str, xla: bool):
-    """The trainer's own inner loop, traced and warmed up: a function of a step count."""
+    """The trainer's own inner loop, traced and warmed up: (run(num_steps) -> mean loss,
+    the model, the episode dataset)."""
     precision_lib.set_policy(precision)
     keras.utils.set_random_seed(config.seed)
     with config.unlocked():
@@ -78,26 +79,14 @@ def _training_setup(config, splits, precision: str, xla: bool):
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
     train_steps(iterator, tf.constant(2))  # Trace and warm up.
-    return lambda num_steps: float(train_steps(iterator, tf.constant(num_steps))[0])
+    # train_steps returns (loss, grad norm, skipped steps); the runner gives the loss.
+    return (lambda num_steps: float(train_steps(iterator, tf.constant(num_steps))[0])), model, dataset
 
 
 def _time_training(config, splits, precision: str, xla: bool) -> dict:
-    precision_lib.set_policy(precision)
-    keras.utils.set_random_seed(config.seed)
-    with config.unlocked():
-        config.train.jit_compile = xla
-    strategy = tf.distribute.get_strategy()
-    with strategy.scope():
-        model = models.build_model(config.model, **config.model_kwargs.to_dict())
-        optimizer = train.make_optimizer(config.train)
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    _, dataset = train.training_data(config, splits["train"])
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
-    train_steps(iterator, tf.constant(2))  # Trace and warm up.
+    run, model, dataset = _training_setup(config, splits, precision, xla)
     start = time.perf_counter()
-    loss = float(train_steps(iterator, tf.constant(_STEPS.value))[0])  # (loss, grad norm, skipped steps)
+    loss = run(_STEPS.value)
     seconds = time.perf_counter() - start
     # FLOPs of one step: the profiler needs static shapes, so trace the step on one batch.
     batch = next(iter(dataset))["images"]
@@ -156,16 +145,6 @@ def _time_serving(model, splits, config) -> dict:
     return result
 
 
-def _cpu() -> str:
-    name = "unknown CPU"
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
-    flags_seen = sorted(precision_lib.cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    return f"{name}, {os.cpu_count()} cores ({', '.join(flags_seen)})"
-
-
 def _peer_sets_per_sec(precision: str) -> float:
     """One run of the reference's throughput benchmark: its sets/s."""
     dtype = "float32" if precision == "float32" else "bfloat16"
@@ -183,7 +162,7 @@ def _side_by_side(config, splits) -> list:
     rows = []
     for precision in _PRECISIONS.value:
         ours, theirs = [], []
-        run = _training_setup(config, splits, precision, xla=False)
+        run, _, _ = _training_setup(config, splits, precision, xla=False)
         for _ in range(_ROUNDS.value):
             start = time.perf_counter()
             run(_STEPS.value)
@@ -216,7 +195,12 @@ def main(argv):
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)
     if _PEER.value:
         rows = _side_by_side(config, splits)
-        report = {"model": config.model, "cpu": _cpu(), "steps_per_round": _STEPS.value, "side_by_side": rows}
+        report = {
+            "model": config.model,
+            "cpu": precision_lib.describe_cpu(),
+            "steps_per_round": _STEPS.value,
+            "side_by_side": rows,
+        }
         if _OUT.value:
             pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))

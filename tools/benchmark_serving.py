@@ -11,8 +11,6 @@ and the CPU. Prints JSON.
 
 import json
 import logging
-import os
-import platform
 import threading
 import time
 import urllib.request
@@ -30,20 +28,6 @@ _SHOTS = flags.DEFINE_integer("shots", 5, "Support drawings.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Support sets per call.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "A B rounds the calls are split into.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
-
-
-def _cpu() -> str:
-    """The CPU's model name and the flags that decide our speed (AVX-512, bfloat16, AMX)."""
-    name = platform.processor() or "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags_seen = sorted(precision.cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    return f"{name} ({os.cpu_count()} cores; {', '.join(flags_seen) or 'no AVX2'})"
 
 
 def _percentiles(seconds: list) -> dict:
@@ -94,7 +78,7 @@ def main(argv):
         "batch": _BATCH.value,
         "shots": _SHOTS.value,
         "requests_per_path": per_round * _ROUNDS.value,
-        "cpu": _cpu(),
+        "cpu": precision.describe_cpu(),
         **{key: _percentiles(values) for key, values in timings.items()},
     }
     print(json.dumps(result, indent=2))

@@ -12,7 +12,6 @@ replaced only when the new one's mean of t = 1..5 (eval.json) is higher, unless
 
 import json
 import pathlib
-import platform
 import shutil
 import subprocess
 
@@ -28,18 +27,6 @@ _NOTES = flags.DEFINE_string("notes", "", "Anything else the provenance should s
 _FORCE = flags.DEFINE_bool("force", False, "Replace a shipped model even if it is not better.")
 _ROOT = pathlib.Path(__file__).resolve().parents[1] / "pretrained"
 _LIMIT = 40 << 20
-
-
-def _machine() -> str:
-    name = platform.processor() or "unknown CPU"
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
-    flags_seen = sorted(precision.cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    import os
-
-    return f"{name}, {os.cpu_count()} cores ({', '.join(flags_seen)}), no GPU"
 
 
 def main(argv):
@@ -73,7 +60,7 @@ def main(argv):
         f"- Checkpoint: step {result['checkpoint_step']} ({result['checkpoint']} checkpoint of the run)\n"
         f"- Training command: `{_COMMAND.value}`\n"
         f"- Wall time: {_WALL_TIME.value}\n"
-        f"- Machine: {_machine()}\n"
+        f"- Machine: {precision.describe_cpu()}, no GPU\n"
         f"- Code: commit {commit} of oneshot_tf\n"
         f"- Precision of the evaluation: {result['precision']}\n"
         f"- Per-shot log p(x_t | x_<t), t = 1..10, {result['episodes']} test episodes, K = {result['num_samples']}: "
