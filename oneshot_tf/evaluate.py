@@ -93,22 +93,21 @@ def mean_of_first(log_probs: np.ndarray, num_positions: int = 5) -> dict:
     """Mean over episodes of the mean of positions 1..num_positions, with its standard
     error: by the chain rule the joint log-likelihood of a set of that size over its size
     (SPEC §3's set-level anchors)."""
-    per_episode = log_probs[:, :num_positions].mean(axis=1)
-    stderr = float(per_episode.std(ddof=1) / math.sqrt(len(per_episode))) if len(per_episode) > 1 else float("nan")
-    return {
-        "positions": min(num_positions, log_probs.shape[1]),
-        "log_prob": round(float(per_episode.mean()), 4),
-        "stderr": round(stderr, 4),
-    }
+    mean, stderr = _mean_and_stderr(log_probs[:, :num_positions].mean(axis=1))
+    return {"positions": min(num_positions, log_probs.shape[1]), "log_prob": round(mean, 4), "stderr": round(stderr, 4)}
+
+
+def _mean_and_stderr(values: np.ndarray) -> tuple:
+    """Mean and standard error of the mean (NaN for a single value)."""
+    stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), stderr
 
 
 def summarize(log_probs: np.ndarray) -> list:
     """Per-position mean, standard error and bits/dim of log_probs [episodes, T]."""
     rows = []
     for t in range(log_probs.shape[1]):
-        column = log_probs[:, t]
-        stderr = float(column.std(ddof=1) / math.sqrt(len(column))) if len(column) > 1 else float("nan")
-        mean = float(column.mean())
+        mean, stderr = _mean_and_stderr(log_probs[:, t])
         rows.append(
             {
                 "t": t + 1,
@@ -275,6 +274,14 @@ def sample_grid(model, support: np.ndarray, sample_config, seed: int) -> np.ndar
     return grid
 
 
+def test_support(config, splits) -> np.ndarray:
+    """The sample grid's support sets: config.sample.rows test characters x
+    config.sample.shots drawings, float32 [rows, shots, 28, 28, 1], fixed by its seed."""
+    return episodes.fixed_episodes(
+        splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed
+    )["images"]
+
+
 def write_png(path, grid: np.ndarray) -> pathlib.Path:
     """Writes a [height, width] picture in [0, 1] as an 8-bit PNG, atomically."""
     path = pathlib.Path(path)
@@ -293,10 +300,7 @@ def write_samples(config, workdir, data_dir, *, restored=None, splits=None) -> p
     """
     workdir = pathlib.Path(workdir)
     model, step, _ = restored or workdir_lib.restore_model(config, workdir)
-    splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
-    support = episodes.fixed_episodes(
-        splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed
-    )["images"]
+    support = test_support(config, splits or omniglot.load_configured_splits(config.data, data_dir, config.seed))
     grid = sample_grid(model, support, config.sample, config.sample.seed)
     path = write_png(workdir / "samples" / f"samples_step{step}.png", grid)
     with tf.summary.create_file_writer(str(workdir / "tensorboard" / "eval")).as_default():

@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from oneshot_tf import configs, errors, evaluate, export, models, precision, pretrained, train  # noqa: E402
 from oneshot_tf import workdir as workdir_lib  # noqa: E402
-from oneshot_tf.data import episodes, omniglot  # noqa: E402
+from oneshot_tf.data import omniglot  # noqa: E402
 
 MODES = ("train", "eval", "sample", "export", "all", "score")
 PRETRAINED_MODES = ("sample", "score")
@@ -65,10 +65,7 @@ def _support_rows(config, data_dir, support_pngs) -> "np.ndarray":
     """[rows, shots, 28, 28, 1]: the given drawings as one row, else test characters."""
     if support_pngs:
         return pretrained.read_pngs(support_pngs)[None]
-    splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
-    return episodes.fixed_episodes(
-        splits["test"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.sample.seed
-    )["images"]
+    return evaluate.test_support(config, omniglot.load_configured_splits(config.data, data_dir, config.seed))
 
 
 def draw(config, model, data_dir, out, support_pngs=()) -> pathlib.Path:

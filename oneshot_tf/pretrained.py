@@ -17,10 +17,19 @@ from oneshot_tf import errors
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "pretrained"
 
 
+def saved_model_versions(base) -> list:
+    """The versions, ascending, of the complete SavedModels in a model base path
+    (TF Serving's layout: <base>/<integer version>/saved_model.pb)."""
+    base = pathlib.Path(base)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists())
+
+
 def model_dir(name: str, root=None) -> pathlib.Path:
     """pretrained/<name>/<newest version>/; CheckpointError if none is shipped."""
     base = pathlib.Path(root or ROOT) / name
-    versions = sorted(int(p.name) for p in base.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists())
+    versions = saved_model_versions(base)
     if not versions:
         shipped = {p.parent.parent.name for p in pathlib.Path(root or ROOT).glob("*/*/saved_model.pb")}
         raise errors.CheckpointError(

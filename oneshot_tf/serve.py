@@ -43,6 +43,8 @@ from absl import app, flags, logging
 from tensorflow.core.framework import types_pb2
 from werkzeug import exceptions, routing, serving, wrappers
 
+from oneshot_tf import pretrained
+
 _WEB = pathlib.Path(__file__).resolve().parent / "web"
 _STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 
@@ -77,10 +79,6 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _versions(base: pathlib.Path) -> list:
-    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists())
-
-
 def discover(export_dirs) -> dict:
     """{model name: (newest version, its path)} for model base paths or folders of them.
 
@@ -90,15 +88,19 @@ def discover(export_dirs) -> dict:
     for export_dir in map(pathlib.Path, export_dirs):
         if not export_dir.is_dir():
             raise FileNotFoundError(f"--export_dir {export_dir} is not a folder")
-        bases = [export_dir] if _versions(export_dir) else [p for p in sorted(export_dir.iterdir()) if p.is_dir()]
-        bases = [b for b in bases if _versions(b)]
+        bases = (
+            [export_dir]
+            if pretrained.saved_model_versions(export_dir)
+            else [p for p in sorted(export_dir.iterdir()) if p.is_dir()]
+        )
+        bases = [b for b in bases if pretrained.saved_model_versions(b)]
         if not bases:
             raise FileNotFoundError(
                 f"--export_dir {export_dir} holds no SavedModel in TF Serving's layout "
                 "(<model:name>/<version>/saved_model.pb or <version>/saved_model.pb)"
             )
         for base in bases:
-            version = _versions(base)[-1]
+            version = pretrained.saved_model_versions(base)[-1]
             found[base.name] = (version, base / str(version))
     return found
 

@@ -312,11 +312,12 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                     skipped_total,
                 )
                 tf.summary.scalar("train/skipped_steps", skipped, step=current)
-            if int(train_steps.bad_streak.numpy()) >= config.train.max_bad_steps:
+            bad_streak = int(train_steps.bad_streak.numpy())
+            if bad_streak >= config.train.max_bad_steps:
                 latest = manager.latest_checkpoint
                 if recovered_from is not None or latest is None:
                     raise FloatingPointError(
-                        f"{int(train_steps.bad_streak.numpy())} steps in a row had a non-finite loss or gradient "
+                        f"{bad_streak} steps in a row had a non-finite loss or gradient "
                         f"at step {current}"
                         + (f", again after restoring {recovered_from}" if recovered_from else ", and no checkpoint")
                         + "; nothing non-finite was applied or saved. Lower train.learning_rate, set "
@@ -324,7 +325,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                     )
                 logging.warning(
                     "%d steps in a row were non-finite: restoring %s and going on from there (once)",
-                    int(train_steps.bad_streak.numpy()),
+                    bad_streak,
                     latest,
                 )
                 workdir_lib.restore_newest_readable(checkpoint, [latest])
@@ -341,17 +342,18 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                 steady_steps, steady_seconds = steady_steps + num_steps, steady_seconds + now - loop_start
             eta = (total_steps - current) * steady_seconds / steady_steps if steady_steps else float("inf")
             logging.info(
-                "step %d/%d  loss %.3f nats/image  grad norm %.3g  %.1f steps/s  %.0f images/s  ETA %s",
+                "step %d/%d  loss %s nats/image  grad norm %s  %.1f steps/s  %.0f images/s  ETA %s",
                 current,
                 total_steps,
-                loss,
-                grad_norm,
+                f"{loss:.3f}" if skipped < num_steps else "n/a",
+                f"{grad_norm:.3g}" if skipped < num_steps else "n/a",
                 steps_per_sec,
                 steps_per_sec * items_per_step,
                 _format_seconds(eta),
             )
-            tf.summary.scalar("train/loss", loss, step=current)
-            tf.summary.scalar("train/grad_norm", grad_norm, step=current)
+            if skipped < num_steps:  # Means over the steps taken; none were taken otherwise.
+                tf.summary.scalar("train/loss", loss, step=current)
+                tf.summary.scalar("train/grad_norm", grad_norm, step=current)
             tf.summary.scalar("train/steps_per_sec", steps_per_sec, step=current)
             tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate), step=current)
             every = config.train.eval_every

@@ -17,7 +17,7 @@ import subprocess
 
 from absl import app, flags
 
-from oneshot_tf import precision
+from oneshot_tf import precision, pretrained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained, evaluated and exported workdir.", required=True)
 _MODEL = flags.DEFINE_string("model", None, "Model name (the export folder's).", required=True)
@@ -25,7 +25,7 @@ _COMMAND = flags.DEFINE_string("command", "", "The training command, for the pro
 _WALL_TIME = flags.DEFINE_string("wall_time", "", "Training wall time, for the provenance.")
 _NOTES = flags.DEFINE_string("notes", "", "Anything else the provenance should say.")
 _FORCE = flags.DEFINE_bool("force", False, "Replace a shipped model even if it is not better.")
-_ROOT = pathlib.Path(__file__).resolve().parents[1] / "pretrained"
+_ROOT = pretrained.ROOT
 _LIMIT = 40 << 20
 
 
@@ -33,7 +33,7 @@ def main(argv):
     del argv
     workdir, name = pathlib.Path(_WORKDIR.value), _MODEL.value
     result = json.loads((workdir / "eval.json").read_text())
-    exports = sorted((workdir / "export" / name).glob("[0-9]*"), key=lambda p: int(p.name))
+    exports = [workdir / "export" / name / str(v) for v in pretrained.saved_model_versions(workdir / "export" / name)]
     if not exports:
         raise SystemExit(f"error: no export in {workdir / 'export' / name}: run --mode=export")
     target = _ROOT / name
