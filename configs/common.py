@@ -57,6 +57,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.adam_epsilon = 1e-7
     # Clip gradients to this global norm; 0 disables.
     config.train.grad_clip_norm = 0.0
+    # Clamp each gradient element to [-v, v] (the public Neural Statistician uses 0.5);
+    # 0 disables. At most one of grad_clip_norm and grad_clip_value.
+    config.train.grad_clip_value = 0.0
+    # Optimise w * log-likelihood - KL / w with w = 1 + 0.5 ** (step // period), the
+    # public Neural Statistician's schedule (period 300, one of its epochs): the KL
+    # counts less early on. Needs a model with separable_elbo. 0: the plain bound.
+    config.train.likelihood_weight_period = 0
     # XLA-compile the training step (whether it pays depends on the model and device).
     config.train.jit_compile = False
     # Steps run inside one tf.function call; also the logging period.

@@ -83,10 +83,19 @@ def _decay(train_config):
 
 
 def make_optimizer(train_config) -> keras.optimizers.Optimizer:
-    clip = train_config.grad_clip_norm or None
+    if train_config.grad_clip_norm and train_config.grad_clip_value:
+        raise errors.ConfigError("set at most one of train.grad_clip_norm and train.grad_clip_value")
     return keras.optimizers.Adam(
-        learning_rate=make_schedule(train_config), epsilon=train_config.adam_epsilon, global_clipnorm=clip
+        learning_rate=make_schedule(train_config),
+        epsilon=train_config.adam_epsilon,
+        global_clipnorm=train_config.grad_clip_norm or None,
+        clipvalue=train_config.grad_clip_value or None,
     )
+
+
+def likelihood_weight(step: tf.Tensor, period: int) -> tf.Tensor:
+    """w = 1 + 0.5 ** (step // period): 2 in the first period, then halving towards 1."""
+    return 1.0 + tf.pow(0.5, tf.cast(step // period, tf.float32))
 
 
 def _use_configured_learning_rate(optimizer, train_config):
@@ -149,6 +158,8 @@ def training_data(config, characters, start: int = 0) -> tuple:
 def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
     """The inner loop: a tf.function (iterator, num_steps) -> (mean loss in nats/image,
     mean gradient norm before clipping, steps skipped), the means over the steps taken.
+    The loss is the negative bound; the gradient is that of the weighted objective
+    when `train.likelihood_weight_period` is set.
 
     Each step runs `strategy.run` on one global batch, with the loss scaled by the
     global batch so the replicas' sum is the mean; `step` counts batches consumed
@@ -158,13 +169,23 @@ def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
     """
     items_per_step = config.data.batch_size * config.data.set_size
     trainable = model.trainable_variables
+    period = config.train.likelihood_weight_period
+    if period and not model.separable_elbo:
+        raise errors.ConfigError(
+            f"train.likelihood_weight_period needs a model that splits its bound; {config.model} does not"
+        )
 
-    def step_fn(images, seed):
+    def step_fn(images, seed, weight):
         context = tf.distribute.get_replica_context()
         seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
         with tf.GradientTape() as tape:
-            loss = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
-        gradients = tape.gradient(loss, trainable)
+            if period:
+                log_likelihood, kl = model.elbo_terms(images, seed, training=True)
+                loss = -tf.reduce_sum(log_likelihood - kl) / items_per_step
+                objective = -tf.reduce_sum(weight * log_likelihood - kl / weight) / items_per_step
+            else:
+                loss = objective = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
+        gradients = tape.gradient(objective, trainable)
         norm = tf.linalg.global_norm(gradients)
         # The global norm is finite only if every gradient is; all replicas agree to skip.
         bad = tf.cast(~(tf.math.is_finite(loss) & tf.math.is_finite(norm)), tf.float32)
@@ -189,7 +210,8 @@ def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
         for _ in tf.range(num_steps):
             batch = next(iterator)
             seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
-            loss, norm, taken = strategy.run(compiled_step, args=(batch["images"], seed))
+            weight = likelihood_weight(step, period) if period else tf.constant(1.0)
+            loss, norm, taken = strategy.run(compiled_step, args=(batch["images"], seed, weight))
             loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
             # The replicas' mean of their own gradients' norms: the global norm with one replica.
             norm_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None)

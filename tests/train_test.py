@@ -218,6 +218,43 @@ class EndToEndTest(tf.test.TestCase):
         self.assertAllClose(norm, expected_norm, rtol=1e-4)
         self.assertGreater(float(norm), 1e-3)
 
+    def test_weighted_objective_reports_the_bound_and_follows_the_weighted_gradient(self):
+        config = helpers.tiny_config("statistician")
+        config.train.learning_rate = 0.0
+        config.train.likelihood_weight_period = 300  # Step 0: w = 2.
+        model = models.build_model(config.model, **config.model_kwargs.to_dict())
+        step = tf.Variable(0, dtype=tf.int64)
+        items = config.data.batch_size * config.data.set_size
+        batch = helpers.random_images([config.data.batch_size, config.data.set_size, 28, 28, 1])
+        iterator = iter(tf.data.Dataset.from_tensors({"images": batch}).repeat())
+        train_steps = train.make_train_steps(
+            model, train.make_optimizer(config.train), step, config, tf.distribute.get_strategy()
+        )
+        loss, norm, _ = train_steps(iterator, tf.constant(1))
+
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0]), 0)
+        with tf.GradientTape(persistent=True) as tape:
+            log_likelihood, kl = model.elbo_terms(batch, seed, training=True)
+            bound_loss = -tf.reduce_sum(log_likelihood - kl) / items
+            weighted = -tf.reduce_sum(2.0 * log_likelihood - kl / 2.0) / items
+        self.assertAllClose(loss, bound_loss, rtol=1e-5)
+        weighted_norm = tf.linalg.global_norm(tape.gradient(weighted, model.trainable_variables))
+        plain_norm = tf.linalg.global_norm(tape.gradient(bound_loss, model.trainable_variables))
+        self.assertAllClose(norm, weighted_norm, rtol=1e-4)
+        self.assertNotAllClose(norm, plain_norm, rtol=1e-2)
+
+    def test_likelihood_weight_schedule_and_its_config_checks(self):
+        weights = [float(train.likelihood_weight(tf.constant(s, tf.int64), 300)) for s in (0, 299, 300, 600, 3000)]
+        self.assertAllClose(weights, [2.0, 2.0, 1.5, 1.25, 1 + 0.5**10])
+        config = helpers.tiny_config("gmn")
+        config.train.likelihood_weight_period = 300
+        model = models.build_model(config.model, **config.model_kwargs.to_dict())
+        with self.assertRaisesRegex(errors.ConfigError, "likelihood_weight_period needs a model that splits"):
+            train.make_train_steps(model, None, tf.Variable(0, dtype=tf.int64), config, tf.distribute.get_strategy())
+        config.train.grad_clip_norm, config.train.grad_clip_value = 1.0, 0.5
+        with self.assertRaisesRegex(errors.ConfigError, "at most one of train.grad_clip_norm"):
+            train.make_optimizer(config.train)
+
     def test_same_seed_same_run(self):
         results = []
         for seed in (0, 0, 1):

@@ -48,6 +48,9 @@ class FewShotModel(keras.Model):
     #: True when `per_shot_log_weights` scores all positions in one pass rather than
     #: the base class's loop over positions.
     one_pass_scoring = False
+    #: True when `elbo_terms` splits the bound into its log-likelihood and KL terms
+    #: (needed by `train.likelihood_weight_period`).
+    separable_elbo = False
 
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Training bound per set, in nats.
@@ -61,6 +64,14 @@ class FewShotModel(keras.Model):
           float32 [batch].
         """
         raise NotImplementedError
+
+    def elbo_terms(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tuple:
+        """The bound's two terms per set: (E log p(x | latents), KL(q || p)), float32 [batch] each.
+
+        `elbo` equals their difference for the same seed. Only models that declare
+        `separable_elbo` implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not split its bound (separable_elbo is False)")
 
     def log_weights(self, support: tf.Tensor, query: tf.Tensor, num_samples: int, seed: tf.Tensor) -> tf.Tensor:
         """Importance log-weights for query given support.

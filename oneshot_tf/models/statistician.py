@@ -191,6 +191,7 @@ class NeuralStatistician(base.FewShotModel):
         "the context c is sampled from q(c | x_<t) jointly with z inside the same K samples (p(c) at t = 1)"
     )
     one_pass_scoring = True
+    separable_elbo = True
 
     def __init__(
         self,
@@ -275,6 +276,10 @@ class NeuralStatistician(base.FewShotModel):
         return layers.bernoulli_images(logits)
 
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
+        log_likelihood, kl = self.elbo_terms(batch, seed, training)
+        return log_likelihood - kl
+
+    def elbo_terms(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tuple:
         base.check_images(batch, 5, "batch")
         c_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         features = self._encode(batch, training)  # [B, T, F]
@@ -284,7 +289,7 @@ class NeuralStatistician(base.FewShotModel):
         latents, kl_z = self._latents(features, items_context, z_seed, training)
         log_likelihood = self._likelihood(latents, items_context, training).log_prob(batch)  # [B, T]
         kl_c = tfd.kl_divergence(q_c, layers.standard_normal(self.context_size))
-        return tf.reduce_sum(log_likelihood - kl_z, axis=1) - kl_c
+        return tf.reduce_sum(log_likelihood, axis=1), tf.reduce_sum(kl_z, axis=1) + kl_c
 
     def _log_weights_given_context(self, features, query, q_c, num_samples, seed) -> tf.Tensor:
         """Joint importance weights: c_k ~ q_c, z_k ~ q(z | h, c_k). Shapes [K, ...]."""

@@ -75,6 +75,8 @@ class ModelsTest(tf.test.TestCase, parameterized.TestCase):
         model = _build(name)
         overrides = type(model).per_shot_log_weights is not models.base.FewShotModel.per_shot_log_weights
         self.assertEqual(model.one_pass_scoring, overrides)
+        splits = type(model).elbo_terms is not models.base.FewShotModel.elbo_terms
+        self.assertEqual(model.separable_elbo, splits)
         self.assertEqual(bool(model.classification_rules), model.conditional)
         self.assertLessEqual(set(model.classification_rules), {"likelihood", "kl"})
         self.assertEqual("kl" in model.classification_rules, hasattr(model, "context_posterior"))

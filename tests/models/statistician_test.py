@@ -32,6 +32,19 @@ class StatisticianTest(tf.test.TestCase):
             self.assertAllClose(prefixes.mean()[:, t], separate.mean(), atol=1e-5)
             self.assertAllClose(prefixes.stddev()[:, t], separate.stddev(), atol=1e-5)
 
+    def test_elbo_terms_are_the_likelihood_and_the_kl(self):
+        model = helpers.tiny_model("statistician")
+        sets = helpers.random_images([3, 4, 28, 28, 1])
+        seed = tf.constant([3, 4])
+        log_likelihood, kl = model.elbo_terms(sets, seed)
+        self.assertAllClose(model.elbo(sets, seed), log_likelihood - kl)
+        # Bernoulli log-likelihoods of binary images are below 0; a KL averaged over
+        # its own samples is positive (single-sample terms need not be, so average).
+        self.assertAllLess(log_likelihood, 0.0)
+        kls = [model.elbo_terms(sets, tf.constant([s, 0]))[1] for s in range(20)]
+        self.assertGreater(float(tf.reduce_mean(kls)), 0.0)
+        self.assertEqual(log_likelihood.shape, (3,))
+
     def test_zero_shots_use_the_prior_in_graph_mode_too(self):
         model = helpers.tiny_model("statistician")
         sample = tf.function(
