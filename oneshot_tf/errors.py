@@ -16,3 +16,7 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, FileNotFoundError):
     """A workdir has no checkpoint to restore."""
+
+
+class ClusterError(UserError, RuntimeError):
+    """A multi-worker run lost a worker (or never saw all of them)."""

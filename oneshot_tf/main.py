@@ -5,10 +5,13 @@
       [--config.KEY=VALUE ...]
   python -m oneshot_tf.main --model=NAME --pretrained --mode=sample [--support=a.png,b.png] [--out=x.png]
   python -m oneshot_tf.main --model=NAME [--pretrained] --mode=score --support=a.png,b.png --query=c.png
+  python -m oneshot_tf.main --model=NAME --strategy=mirrored|multi_worker|tpu [--tpu=NAME] ...
 
 `--model` alone loads configs/NAME.py unchanged; to change a field, name the file
 with --config (and optionally a variant: default, quick, tiny). `--pretrained` uses
 the model shipped in pretrained/NAME/ instead of a workdir's checkpoint.
+`--strategy` trains under a tf.distribute strategy (oneshot_tf/distribute.py); the
+modes after training run on one device, and under multi_worker on the chief alone.
 """
 
 import os
@@ -28,7 +31,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from oneshot_tf import configs, errors, evaluate, export, models, precision, pretrained, train  # noqa: E402
+from oneshot_tf import configs, distribute, errors, evaluate, export, models, precision, pretrained, train  # noqa: E402
 from oneshot_tf import workdir as workdir_lib  # noqa: E402
 from oneshot_tf.data import omniglot  # noqa: E402
 
@@ -48,6 +51,13 @@ _OUT = flags.DEFINE_string("out", None, "Sample grid PNG of --mode=sample with -
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<model>. Running again resumes.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Folder with an Omniglot source; default $ONESHOT_TF_DATA_DIR or ../shared/data."
+)
+_STRATEGY = flags.DEFINE_string(
+    "strategy", "default", f"tf.distribute strategy for training: {', '.join(distribute.STRATEGIES)}."
+)
+_TPU = flags.DEFINE_string("tpu", "", "With --strategy=tpu: the Cloud TPU's name, grpc://address, or 'local'.")
+_CLUSTER_TIMEOUT = flags.DEFINE_float(
+    "cluster_timeout_secs", 600.0, "With --strategy=multi_worker: the longest wait for the workers and each collective."
 )
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/iwae.py:quick.", lock_config=True)
 
@@ -111,10 +121,13 @@ def run_pretrained(mode: str, config, workdir, data_dir):
         score(config, model, _SUPPORT.value, _QUERY.value)
 
 
-def run_modes(mode: str, config, workdir, data_dir):
+def run_modes(mode: str, config, workdir, data_dir, strategy=None):
+    """Runs `mode` (one of MODES but the pretrained ones) in `workdir`; training under
+    `strategy` (default: the current one), the rest on one device, on the chief only."""
+    strategy = strategy or tf.distribute.get_strategy()
     if mode in ("train", "all"):
-        train.train_and_evaluate(config, workdir, data_dir)
-    if mode == "train":
+        train.train_and_evaluate(config, workdir, data_dir, strategy)
+    if mode == "train" or not distribute.is_chief(strategy):
         return
     # The modes after training share one restored model and one load of the data.
     restored = workdir_lib.restore_model(config, workdir)
@@ -148,6 +161,10 @@ def main(argv):
         data_dir = pathlib.Path(_DATA_DIR.value) if _DATA_DIR.value else omniglot.default_data_dir()
         workdir = pathlib.Path(_WORKDIR.value or pathlib.Path("runs") / _MODEL.value)
         logging.info("model %s, mode %s, workdir %s, data %s", config.model, _MODE.value, workdir, data_dir)
+        # The strategy first: multi_worker and tpu must configure TF before its first op.
+        strategy = distribute.make_strategy(
+            _STRATEGY.value, tpu=_TPU.value, cluster_timeout_secs=_CLUSTER_TIMEOUT.value
+        )
         precision.set_policy(config.precision)  # Once, before any model is built.
         if _PRETRAINED.value:
             run_pretrained(_MODE.value, config, workdir, data_dir)
@@ -160,7 +177,15 @@ def main(argv):
                 config.model,
                 pretrained.ROOT / config.model / "PROVENANCE.md",
             )
-        run_modes(_MODE.value, config, workdir, data_dir)
+        try:
+            run_modes(_MODE.value, config, workdir, data_dir, strategy)
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+            if _STRATEGY.value != "multi_worker":
+                raise
+            raise errors.ClusterError(
+                f"lost a worker of the cluster ({e.message.splitlines()[0] if e.message else type(e).__name__}); "
+                f"the last checkpoint is in {workdir / workdir_lib.CHECKPOINTS}: start every worker again to resume"
+            ) from e
     except train.Interrupted as e:
         logging.warning("%s", e)
         sys.exit(128 + e.signum)

@@ -9,6 +9,7 @@ again in the same workdir resumes from it, data stream included.
 """
 
 import contextlib
+import functools
 import math
 import pathlib
 import signal
@@ -18,7 +19,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import errors, evaluate, models
+from oneshot_tf import distribute, errors, evaluate, models
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -83,14 +84,9 @@ def _decay(train_config):
 
 
 def make_optimizer(train_config) -> keras.optimizers.Optimizer:
-    if train_config.grad_clip_norm and train_config.grad_clip_value:
-        raise errors.ConfigError("set at most one of train.grad_clip_norm and train.grad_clip_value")
-    return keras.optimizers.Adam(
-        learning_rate=make_schedule(train_config),
-        epsilon=train_config.adam_epsilon,
-        global_clipnorm=train_config.grad_clip_norm or None,
-        clipvalue=train_config.grad_clip_value or None,
-    )
+    """Adam with the configured schedule; the Trainer clips gradients itself, after
+    summing them over replicas."""
+    return keras.optimizers.Adam(learning_rate=make_schedule(train_config), epsilon=train_config.adam_epsilon)
 
 
 def likelihood_weight(step: tf.Tensor, period: int) -> tf.Tensor:
@@ -155,116 +151,174 @@ def training_data(config, characters, start: int = 0) -> tuple:
     return characters, dataset
 
 
-def make_train_steps(model, optimizer, step: tf.Variable, config, strategy):
-    """The inner loop: a tf.function (iterator, num_steps) -> (mean loss in nats/image,
-    mean gradient norm before clipping, steps skipped), the means over the steps taken.
-    The loss is the negative bound; the gradient is that of the weighted objective
-    when `train.likelihood_weight_period` is set.
+class Trainer:
+    """The training state and the inner loop (orbit's trainer); `train_and_evaluate` drives it.
 
-    Each step runs `strategy.run` on one global batch, with the loss scaled by the
-    global batch so the replicas' sum is the mean; `step` counts batches consumed
-    and seeds the model's sampling. A step whose loss or gradient is not finite on
-    any replica is skipped: the weights and the optimizer state stay as they were
-    (`bad_streak`, a variable the function keeps, counts such steps in a row).
+    Model, optimizer and step counter live under `strategy`'s scope. `train(iterator,
+    num_steps)` runs `num_steps` optimizer steps in one tf.function; each step:
+      1. every replica computes the loss and gradients of its slice of the global batch
+         (`strategy.run`), scaled by the global batch, with its own sampling seed (the
+         step's seed folded with the replica id) and its own batch-norm statistics;
+      2. the gradients are summed over replicas, and the step is skipped if the loss or
+         any gradient is not finite on any replica (weights and optimizer state stay);
+      3. otherwise they are clipped (train.grad_clip_norm / grad_clip_value, applied to
+         the summed gradients, as on one device) and applied.
+    So N replicas compute what one device computes on the same N slices.
     """
-    items_per_step = config.data.batch_size * config.data.set_size
-    trainable = model.trainable_variables
-    period = config.train.likelihood_weight_period
-    if period and not model.separable_elbo:
-        raise errors.ConfigError(
-            f"train.likelihood_weight_period needs a model that splits its bound; {config.model} does not"
+
+    def __init__(self, config, strategy: tf.distribute.Strategy | None = None):
+        if config.train.grad_clip_norm and config.train.grad_clip_value:
+            raise errors.ConfigError("set at most one of train.grad_clip_norm and train.grad_clip_value")
+        self.config = config
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.model = models.build_model(config.model, **config.model_kwargs.to_dict())
+            self.optimizer = make_optimizer(config.train)
+            self.optimizer.build(self.model.trainable_variables)
+            # Batches consumed; seeds the model's sampling and positions the data stream.
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Saved with every checkpoint so a resumed run only keeps a better one.
+        self.best_val_bound = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
+        # Steps in a row skipped for a non-finite loss or gradient (not checkpointed).
+        self.bad_streak = tf.Variable(0, dtype=tf.int64, trainable=False)
+        period = config.train.likelihood_weight_period
+        if period and not self.model.separable_elbo:
+            raise errors.ConfigError(
+                f"train.likelihood_weight_period needs a model that splits its bound; {config.model} does not"
+            )
+        self._train_steps = self._make_train_steps()
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        return workdir_lib.make_checkpoint(
+            self.model, optimizer=self.optimizer, step=self.step, best_val_bound=self.best_val_bound
         )
 
-    def step_fn(images, seed, weight):
-        context = tf.distribute.get_replica_context()
-        seed = tf.random.experimental.stateless_fold_in(seed, context.replica_id_in_sync_group)
-        with tf.GradientTape() as tape:
-            if period:
-                log_likelihood, kl = model.elbo_terms(images, seed, training=True)
-                loss = -tf.reduce_sum(log_likelihood - kl) / items_per_step
-                objective = -tf.reduce_sum(weight * log_likelihood - kl / weight) / items_per_step
-            else:
-                loss = objective = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
-        gradients = tape.gradient(objective, trainable)
-        norm = tf.linalg.global_norm(gradients)
-        # The global norm is finite only if every gradient is; all replicas agree to skip.
-        bad = tf.cast(~(tf.math.is_finite(loss) & tf.math.is_finite(norm)), tf.float32)
-        any_bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad) > 0
+    def iterator(self, characters, start: int):
+        """The episode stream from batch `start`, split over replicas and workers.
 
-        def apply():
+        Every worker builds the same global batches and keeps its replicas' slices,
+        so the global batch is the config's and the stream does not depend on the
+        number of workers (a resumed run continues it, whatever the cluster).
+        """
+        characters, dataset = training_data(self.config, characters, start)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return characters, iter(self.strategy.experimental_distribute_dataset(dataset.with_options(options)))
+
+    def train(self, iterator, num_steps: int) -> tuple:
+        """Runs `num_steps` steps: (mean loss in nats/image, mean gradient norm before
+        clipping, steps skipped) as floats, the means over the steps taken. The loss is
+        the negative bound; the gradient is that of the weighted objective when
+        `train.likelihood_weight_period` is set."""
+        return tuple(float(x) for x in self._train_steps(iterator, tf.constant(num_steps)))
+
+    def _make_train_steps(self):
+        config, strategy, model, optimizer = self.config, self.strategy, self.model, self.optimizer
+        items_per_step = config.data.batch_size * config.data.set_size
+        trainable = model.trainable_variables
+        period = config.train.likelihood_weight_period
+        clip_norm, clip_value = config.train.grad_clip_norm, config.train.grad_clip_value
+
+        def replica_gradients(images, seed, weight):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = tf.random.experimental.stateless_fold_in(seed, replica)
+            with tf.GradientTape() as tape:
+                if period:
+                    log_likelihood, kl = model.elbo_terms(images, seed, training=True)
+                    loss = -tf.reduce_sum(log_likelihood - kl) / items_per_step
+                    objective = -tf.reduce_sum(weight * log_likelihood - kl / weight) / items_per_step
+                else:
+                    loss = objective = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
+            return loss, tape.gradient(objective, trainable)
+
+        # XLA-compiling the replica's forward and backward pass (not the loop, whose
+        # iterator XLA cannot compile) is a config choice: whether it pays depends on
+        # the model and the device (README "Speed"). It holds no synchronisation point.
+        compiled = tf.function(replica_gradients, jit_compile=config.train.jit_compile)
+
+        def apply(gradients):
+            if clip_norm:
+                gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
+            if clip_value:
+                gradients = [tf.clip_by_value(g, -clip_value, clip_value) for g in gradients]
             optimizer.apply_gradients(zip(gradients, trainable))
-            return tf.constant(True)
+            return tf.constant(1.0)
 
-        taken = tf.cond(any_bad, lambda: tf.constant(False), apply)
-        return tf.where(taken, loss, 0.0), tf.where(taken, norm, 0.0), taken
+        @tf.function
+        def train_steps(iterator, num_steps):
+            loss_sum, norm_sum, taken_sum = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+            for _ in tf.range(num_steps):
+                batch = next(iterator)
+                step = self.step.read_value()
+                seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
+                weight = likelihood_weight(step, period) if period else tf.constant(1.0)
+                losses, gradients = strategy.run(compiled, args=(batch["images"], seed, weight))
+                loss = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+                gradients = strategy.extended.batch_reduce_to(
+                    tf.distribute.ReduceOp.SUM, [(g, v.value) for g, v in zip(gradients, trainable)]
+                )
+                gradients = [strategy.experimental_local_results(g)[0] for g in gradients]
+                norm = tf.linalg.global_norm(gradients)
+                # The global norm is finite only if every gradient is.
+                finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+                taken = tf.cond(finite, functools.partial(apply, gradients), lambda: tf.constant(0.0))
+                loss_sum += tf.where(finite, loss, 0.0)
+                norm_sum += tf.where(finite, norm, 0.0)
+                taken_sum += taken
+                self.bad_streak.assign(tf.where(finite, tf.constant(0, tf.int64), self.bad_streak + 1))
+                self.step.assign_add(1)
+            taken_steps = tf.maximum(taken_sum, 1.0)
+            skipped = tf.cast(num_steps, tf.float32) - taken_sum
+            return loss_sum / taken_steps, norm_sum / taken_steps, skipped
 
-    # XLA-compiling the step (not the loop, whose iterator XLA cannot compile) is a
-    # config choice: whether it pays depends on the model and the device (README "Speed").
-    compiled_step = tf.function(step_fn, jit_compile=config.train.jit_compile)
-
-    bad_streak = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-    @tf.function
-    def train_steps(iterator, num_steps):
-        loss_sum, norm_sum, taken_sum = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
-        for _ in tf.range(num_steps):
-            batch = next(iterator)
-            seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
-            weight = likelihood_weight(step, period) if period else tf.constant(1.0)
-            loss, norm, taken = strategy.run(compiled_step, args=(batch["images"], seed, weight))
-            loss_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            # The replicas' mean of their own gradients' norms: the global norm with one replica.
-            norm_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None)
-            # Replicas agree on skipping (step_fn all-reduces), so the mean is 0 or 1.
-            taken = strategy.reduce(tf.distribute.ReduceOp.MEAN, tf.cast(taken, tf.float32), axis=None)
-            taken_sum += taken
-            bad_streak.assign(tf.where(taken > 0, tf.constant(0, tf.int64), bad_streak + 1))
-            step.assign_add(1)
-        taken_steps = tf.maximum(taken_sum, 1.0)
-        skipped = tf.cast(num_steps, tf.float32) - taken_sum
-        return loss_sum / taken_steps, norm_sum / taken_steps, skipped
-
-    train_steps.bad_streak = bad_streak
-    return train_steps
+        return train_steps
 
 
-def train_and_evaluate(config, workdir, data_dir) -> int:
+def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strategy | None = None) -> int:
     """Trains `config.model` in `workdir`, resuming from its latest checkpoint.
 
-    The model computes in the current Keras dtype policy, which the entry point
-    sets once from `config.precision` (`precision.set_policy`).
+    The outer loop (orbit's controller): every inner loop it logs progress and handles
+    non-finite steps; every `train.eval_every` steps it validates, keeps the best
+    checkpoint and draws a sample grid; every `train.checkpoint_every_secs` it saves.
+    The model computes in the current Keras dtype policy, which the entry point sets
+    once from `config.precision` (`precision.set_policy`). Under a multi-worker
+    strategy every worker runs this function; the chief writes the workdir, the others
+    save into scratch folders they delete (oneshot_tf/distribute.py), and all of them
+    restore from the chief's checkpoints (so `workdir` must be storage they share).
 
     Args:
       config: a config from configs/<model>.py.
       workdir: output folder (see oneshot_tf/workdir.py).
       data_dir: folder with an Omniglot source.
+      strategy: a tf.distribute strategy; default: the current one.
 
     Returns:
       The step reached.
     """
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    if chief:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     keras.utils.set_random_seed(config.seed)
     splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
     total_steps = config.train.steps
 
-    strategy = tf.distribute.get_strategy()
-    with strategy.scope():
-        model = models.build_model(config.model, **config.model_kwargs.to_dict())
-        optimizer = make_optimizer(config.train)
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    # Saved with every checkpoint so a resumed run only keeps a better one.
-    best_val_bound = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
-    checkpoint = workdir_lib.make_checkpoint(model, optimizer=optimizer, step=step, best_val_bound=best_val_bound)
-    manager = tf.train.CheckpointManager(
-        checkpoint, workdir / workdir_lib.CHECKPOINTS, max_to_keep=config.train.max_checkpoints, step_counter=step
-    )
-    best_manager = tf.train.CheckpointManager(
-        checkpoint, workdir / workdir_lib.BEST_CHECKPOINT, max_to_keep=1, step_counter=step
-    )
-    restored = workdir_lib.restore_newest_readable(checkpoint, manager.checkpoints)
+    trainer = Trainer(config, strategy)
+    model, optimizer, step = trainer.model, trainer.optimizer, trainer.step
+    checkpoint = trainer.checkpoint()
+
+    def manager_in(name, max_to_keep):
+        return tf.train.CheckpointManager(
+            checkpoint, distribute.write_dir(strategy, workdir / name), max_to_keep=max_to_keep, step_counter=step
+        )
+
+    manager = manager_in(workdir_lib.CHECKPOINTS, config.train.max_checkpoints)
+    best_manager = manager_in(workdir_lib.BEST_CHECKPOINT, 1)
+    # Every worker restores what the chief saved.
+    chief_checkpoints = workdir_lib.checkpoint_prefixes(workdir / workdir_lib.CHECKPOINTS)
+    restored = workdir_lib.restore_newest_readable(checkpoint, chief_checkpoints)
     start = int(step.numpy())
     if restored:
         logging.info("Resumed from %s at step %d", restored, start)
@@ -273,10 +327,8 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         logging.info("Already trained: step %d >= train.steps %d", start, total_steps)
         return start
 
-    train_characters, dataset = training_data(config, splits["train"], start)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    train_characters, iterator = trainer.iterator(splits["train"], start)
     items_per_step = config.data.batch_size * config.data.set_size
-    train_steps = make_train_steps(model, optimizer, step, config, strategy)
 
     val = episodes.fixed_episodes(
         splits["val"],
@@ -289,9 +341,13 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
     grid_support = episodes.fixed_episodes(
         splits["val"], num_episodes=config.sample.rows, set_size=config.sample.shots, seed=config.seed
     )["images"]
-    writer = tf.summary.create_file_writer(str(workdir / "tensorboard" / "train"))
+    writer = (
+        tf.summary.create_file_writer(str(workdir / "tensorboard" / "train"))
+        if chief
+        else tf.summary.create_noop_writer()
+    )
     logging.info(
-        "Training %s on %d characters from step %d to %d: batch %d episodes x %d items, %d parameters",
+        "Training %s on %d characters from step %d to %d: batch %d episodes x %d items, %d parameters, %s",
         config.model,
         len(train_characters),
         start,
@@ -299,6 +355,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         config.data.batch_size,
         config.data.set_size,
         sum(math.prod(v.shape) for v in model.trainable_variables),
+        distribute.describe(strategy),
     )
     logging.info(
         "Tracing and compiling the training step (the first %d steps include it; it can take minutes)",
@@ -322,7 +379,7 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
         while current < total_steps and stop["signum"] is None:
             num_steps = min(config.train.steps_per_loop, total_steps - current)
             loop_start = time.time()
-            loss, grad_norm, skipped = (float(x) for x in train_steps(iterator, tf.constant(num_steps)))
+            loss, grad_norm, skipped = trainer.train(iterator, num_steps)
             previous, current = current, int(step.numpy())
             if skipped:
                 skipped_total += int(skipped)
@@ -334,9 +391,9 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                     skipped_total,
                 )
                 tf.summary.scalar("train/skipped_steps", skipped, step=current)
-            bad_streak = int(train_steps.bad_streak.numpy())
+            bad_streak = int(trainer.bad_streak.numpy())
             if bad_streak >= config.train.max_bad_steps:
-                latest = manager.latest_checkpoint
+                latest = workdir_lib.newest_checkpoint(workdir / workdir_lib.CHECKPOINTS)
                 if recovered_from is not None or latest is None:
                     raise FloatingPointError(
                         f"{bad_streak} steps in a row had a non-finite loss or gradient "
@@ -352,9 +409,8 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                 )
                 workdir_lib.restore_newest_readable(checkpoint, [latest])
                 recovered_from, current = latest, int(step.numpy())
-                train_steps.bad_streak.assign(0)
-                _, dataset = training_data(config, splits["train"], current)
-                iterator = iter(strategy.experimental_distribute_dataset(dataset))
+                trainer.bad_streak.assign(0)
+                _, iterator = trainer.iterator(splits["train"], current)
                 continue
             now = time.time()
             steps_per_sec = num_steps / (now - loop_start)
@@ -381,16 +437,16 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
             every = config.train.eval_every
             if every and (current // every > previous // every or current == total_steps):
                 val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
-                improved = val_bound > float(best_val_bound.numpy())
+                improved = val_bound > float(trainer.best_val_bound.numpy())
                 logging.info(
                     "step %d  validation bound %.3f nats/image%s",
                     current,
                     val_bound,
-                    "  (best so far: saved)" if improved else f"  (best {float(best_val_bound.numpy()):.3f})",
+                    "  (best so far: saved)" if improved else f"  (best {float(trainer.best_val_bound.numpy()):.3f})",
                 )
                 tf.summary.scalar("val/bound", val_bound, step=current)
                 if improved:
-                    best_val_bound.assign(val_bound)
+                    trainer.best_val_bound.assign(val_bound)
                     save(best_manager)
                 grid = evaluate.sample_grid(model, grid_support, config.sample, current)
                 tf.summary.image("samples", grid[None, ..., None], step=current)
@@ -399,12 +455,15 @@ def train_and_evaluate(config, workdir, data_dir) -> int:
                 last_save = now
         save(manager)
         writer.flush()
+    for name in (workdir_lib.CHECKPOINTS, workdir_lib.BEST_CHECKPOINT):
+        distribute.remove_scratch(strategy, workdir / name)
     if stop["signum"] is not None and current < total_steps:
         raise Interrupted(current, stop["signum"])
     logging.info(
-        "Trained to step %d in %s%s",
+        "Trained to step %d in %s%s; weights digest %s",
         current,
         _format_seconds(time.time() - run_start),
         f" ({skipped_total} non-finite steps skipped)" if skipped_total else "",
+        distribute.weights_digest(model.trainable_variables),
     )
     return current

@@ -37,14 +37,15 @@ def make_checkpoint(model, **others) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model_variables=[v.value for v in model.variables], **others)
 
 
-def _checkpoint_prefixes(directory: pathlib.Path) -> list:
+def checkpoint_prefixes(directory: pathlib.Path) -> list:
     """The checkpoints a directory's `checkpoint` file lists, oldest first (files may be gone)."""
     state = tf.train.get_checkpoint_state(str(directory))
     return list(state.all_model_checkpoint_paths) if state else []
 
 
-def _newest_listed(directory: pathlib.Path) -> str | None:
-    prefixes = _checkpoint_prefixes(directory)
+def newest_checkpoint(directory: pathlib.Path) -> str | None:
+    """The newest checkpoint a directory's `checkpoint` file lists, or None."""
+    prefixes = checkpoint_prefixes(directory)
     return prefixes[-1] if prefixes else None
 
 
@@ -64,11 +65,11 @@ def find_checkpoint(workdir, which: str = "latest") -> tuple:
         raise errors.ConfigError(f"unknown checkpoint {which!r}; valid: {', '.join(CHECKPOINT_CHOICES)}")
     workdir = pathlib.Path(workdir)
     if which == "best":
-        best = _newest_listed(workdir / BEST_CHECKPOINT)
+        best = newest_checkpoint(workdir / BEST_CHECKPOINT)
         if best is not None:
             return best, "best"
         logging.warning("no validated checkpoint in %s; using the latest checkpoint", workdir / BEST_CHECKPOINT)
-    latest = _newest_listed(workdir / CHECKPOINTS)
+    latest = newest_checkpoint(workdir / CHECKPOINTS)
     if latest is None:
         raise errors.CheckpointError(f"no checkpoint in {workdir / CHECKPOINTS}: run --mode=train first")
     return latest, "latest"
@@ -122,9 +123,9 @@ def restore_model(config, workdir, which: str | None = None) -> Restored:
     # Partial: the optimizer's slots are not needed; every model variable must be there.
     # An unreadable checkpoint falls back to an older one of the same kind, then to the latest.
     chosen = prefix
-    candidates = _checkpoint_prefixes(pathlib.Path(prefix).parent) or [prefix]
+    candidates = checkpoint_prefixes(pathlib.Path(prefix).parent) or [prefix]
     if kind == "best":
-        candidates = _checkpoint_prefixes(pathlib.Path(workdir) / CHECKPOINTS) + candidates
+        candidates = checkpoint_prefixes(pathlib.Path(workdir) / CHECKPOINTS) + candidates
     prefix = restore_newest_readable(checkpoint, candidates)
     if kind == "best" and prefix != chosen:
         kind = "latest"

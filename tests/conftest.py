@@ -1,6 +1,9 @@
-"""pytest glue: absl flags (used by tf.test.TestCase temp dirs) count as parsed, and
+"""pytest glue: absl flags (used by tf.test.TestCase temp dirs) count as parsed;
 tf.test.TestCase's inherited `test_session` (a context manager, not a test) is not
-collected, so the summary counts real tests and real skips only."""
+collected, so the summary counts real tests and real skips only; and the CPU is
+split into two logical devices (before TF initialises its devices, which happens
+once per process) so MirroredStrategy has two replicas to test on. Everything else
+keeps running on the first one, /CPU:0."""
 
 import warnings
 
@@ -9,10 +12,17 @@ from absl import flags
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+LOGICAL_CPUS = 2
+
+
 def pytest_configure(config):
     del config
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * LOGICAL_CPUS)
 
 
 def pytest_collection_modifyitems(config, items):

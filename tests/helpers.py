@@ -28,3 +28,22 @@ def random_images(shape, seed: int = 0):
     import tensorflow as tf
 
     return tf.cast(tf.random.stateless_uniform(shape, [seed, 1]) < 0.2, tf.float32)
+
+
+def run_main(*args, env=None, **popen):
+    """`python -m oneshot_tf.main ARGS` in the repo, reading the test data; a Popen whose
+    stdout has both streams. `env` adds to (or overrides) the environment."""
+    import os
+    import subprocess
+    import sys
+
+    environment = dict(os.environ, ONESHOT_TF_DATA_DIR=str(DATA_DIR), **(env or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "oneshot_tf.main", *args],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )

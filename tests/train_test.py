@@ -1,11 +1,8 @@
 """End-to-end: train, resume, evaluate, sample, export on the tiny configs."""
 
 import json
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 from unittest import mock
 
@@ -200,46 +197,55 @@ class EndToEndTest(tf.test.TestCase):
         config = helpers.tiny_config("vae")
         config.train.learning_rate = 0.0  # Weights stay put, so the gradient can be recomputed.
         config.train.grad_clip_norm = 1e-3
-        strategy = tf.distribute.get_strategy()
-        model = models.build_model(config.model, **config.model_kwargs.to_dict())
-        optimizer = train.make_optimizer(config.train)
-        step = tf.Variable(0, dtype=tf.int64)
+        trainer = train.Trainer(config)
         batch = helpers.random_images([2, 1, 28, 28, 1])
         iterator = iter(tf.data.Dataset.from_tensors({"images": batch}).repeat())
-        train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
-        loss, norm, skipped = train_steps(iterator, tf.constant(1))
-        self.assertEqual(float(skipped), 0.0)
+        loss, norm, skipped = trainer.train(iterator, 1)
+        self.assertEqual(skipped, 0.0)
 
         seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0]), 0)
         with tf.GradientTape() as tape:
-            expected_loss = -tf.reduce_sum(model.elbo(batch, seed, training=True)) / 2
-        expected_norm = tf.linalg.global_norm(tape.gradient(expected_loss, model.trainable_variables))
+            expected_loss = -tf.reduce_sum(trainer.model.elbo(batch, seed, training=True)) / 2
+        expected_norm = tf.linalg.global_norm(tape.gradient(expected_loss, trainer.model.trainable_variables))
         self.assertAllClose(loss, expected_loss, rtol=1e-5)
         self.assertAllClose(norm, expected_norm, rtol=1e-4)
-        self.assertGreater(float(norm), 1e-3)
+        self.assertGreater(norm, 1e-3)
+
+    def test_clipping_bounds_the_applied_update(self):
+        for clip in ("grad_clip_norm", "grad_clip_value"):
+            config = helpers.tiny_config("vae")
+            config.train.learning_rate = 1.0
+            setattr(config.train, clip, 1e-6)
+            # Adam's first update is lr * g / (|g| + eps): with eps = 1e-3 >> |g| the
+            # step is ~ g / eps, so clipping the gradient shrinks the step by as much.
+            config.train.adam_epsilon = 1e-3
+            trainer = train.Trainer(config)
+            before = [v.numpy() for v in trainer.model.trainable_variables]
+            batch = helpers.random_images([2, 1, 28, 28, 1])
+            trainer.train(iter(tf.data.Dataset.from_tensors({"images": batch}).repeat()), 1)
+            largest = max(
+                float(np.max(np.abs(v.numpy() - b))) for v, b in zip(trainer.model.trainable_variables, before)
+            )
+            self.assertLess(largest, 2e-3, clip)
+            self.assertGreater(largest, 0.0, clip)
 
     def test_weighted_objective_reports_the_bound_and_follows_the_weighted_gradient(self):
         config = helpers.tiny_config("statistician")
         config.train.learning_rate = 0.0
         config.train.likelihood_weight_period = 300  # Step 0: w = 2.
-        model = models.build_model(config.model, **config.model_kwargs.to_dict())
-        step = tf.Variable(0, dtype=tf.int64)
+        trainer = train.Trainer(config)
         items = config.data.batch_size * config.data.set_size
         batch = helpers.random_images([config.data.batch_size, config.data.set_size, 28, 28, 1])
-        iterator = iter(tf.data.Dataset.from_tensors({"images": batch}).repeat())
-        train_steps = train.make_train_steps(
-            model, train.make_optimizer(config.train), step, config, tf.distribute.get_strategy()
-        )
-        loss, norm, _ = train_steps(iterator, tf.constant(1))
+        loss, norm, _ = trainer.train(iter(tf.data.Dataset.from_tensors({"images": batch}).repeat()), 1)
 
         seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0]), 0)
         with tf.GradientTape(persistent=True) as tape:
-            log_likelihood, kl = model.elbo_terms(batch, seed, training=True)
+            log_likelihood, kl = trainer.model.elbo_terms(batch, seed, training=True)
             bound_loss = -tf.reduce_sum(log_likelihood - kl) / items
             weighted = -tf.reduce_sum(2.0 * log_likelihood - kl / 2.0) / items
         self.assertAllClose(loss, bound_loss, rtol=1e-5)
-        weighted_norm = tf.linalg.global_norm(tape.gradient(weighted, model.trainable_variables))
-        plain_norm = tf.linalg.global_norm(tape.gradient(bound_loss, model.trainable_variables))
+        weighted_norm = tf.linalg.global_norm(tape.gradient(weighted, trainer.model.trainable_variables))
+        plain_norm = tf.linalg.global_norm(tape.gradient(bound_loss, trainer.model.trainable_variables))
         self.assertAllClose(norm, weighted_norm, rtol=1e-4)
         self.assertNotAllClose(norm, plain_norm, rtol=1e-2)
 
@@ -248,12 +254,12 @@ class EndToEndTest(tf.test.TestCase):
         self.assertAllClose(weights, [2.0, 2.0, 1.5, 1.25, 1 + 0.5**10])
         config = helpers.tiny_config("gmn")
         config.train.likelihood_weight_period = 300
-        model = models.build_model(config.model, **config.model_kwargs.to_dict())
         with self.assertRaisesRegex(errors.ConfigError, "likelihood_weight_period needs a model that splits"):
-            train.make_train_steps(model, None, tf.Variable(0, dtype=tf.int64), config, tf.distribute.get_strategy())
+            train.Trainer(config)
+        config.train.likelihood_weight_period = 0
         config.train.grad_clip_norm, config.train.grad_clip_value = 1.0, 0.5
         with self.assertRaisesRegex(errors.ConfigError, "at most one of train.grad_clip_norm"):
-            train.make_optimizer(config.train)
+            train.Trainer(config)
 
     def test_same_seed_same_run(self):
         results = []
@@ -367,19 +373,6 @@ class EndToEndTest(tf.test.TestCase):
             train.make_schedule(config.train)
 
 
-def _run_main(*args, timeout=300, **popen):
-    env = dict(os.environ, ONESHOT_TF_DATA_DIR=str(helpers.DATA_DIR))
-    return subprocess.Popen(
-        [sys.executable, "-m", "oneshot_tf.main", *args],
-        cwd=helpers.REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **popen,
-    )
-
-
 class CommandLineTest(tf.test.TestCase):
     def test_sigterm_saves_and_rerun_continues(self):
         workdir = self.create_tempdir().full_path
@@ -392,7 +385,7 @@ class CommandLineTest(tf.test.TestCase):
             f"--workdir={workdir}",
             "--mode=train",
         ]
-        process = _run_main(*common, "--config.train.steps=1000000")
+        process = helpers.run_main(*common, "--config.train.steps=1000000")
         lines = []
         deadline = time.time() + 240
         for line in process.stdout:
@@ -406,7 +399,7 @@ class CommandLineTest(tf.test.TestCase):
         saved = max(_checkpoint_steps(workdir))
         self.assertGreaterEqual(saved, 10)
 
-        process = _run_main(*common, f"--config.train.steps={saved + 5}")
+        process = helpers.run_main(*common, f"--config.train.steps={saved + 5}")
         output = process.communicate(timeout=240)[0]
         self.assertEqual(process.returncode, 0, output)
         self.assertIn(f"at step {saved}", output)
@@ -425,7 +418,7 @@ class CommandLineTest(tf.test.TestCase):
             (["--model=vae", "--config=configs/vae.py:tiny", "--config.train.stepz=3"], "stepz"),
             (["--model=vae", "--mode=eval", "--workdir=/nonexistent/run"], "no checkpoint in /nonexistent/run"),
         ]
-        processes = [(_run_main(*args), expected) for args, expected in cases]
+        processes = [(helpers.run_main(*args), expected) for args, expected in cases]
         for process, expected in processes:
             output = process.communicate(timeout=240)[0]
             self.assertNotEqual(process.returncode, 0, output)

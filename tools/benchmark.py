@@ -12,7 +12,7 @@ mixed_bfloat16 against its bfloat16 autocast), and the median sets/s of each and
 their ratio are printed with the CPU's name and flags.
 
 For each (precision, XLA) pair, runs the trainer's own inner loop
-(`train.make_train_steps`) on real episodes and reports steps/s, sets/s,
+(`train.Trainer.train`) on real episodes and reports steps/s, sets/s,
 images/s, the step's FLOPs (counted by TF's profiler on the traced step) and the
 achieved GFLOP/s. Then, once per precision: the `sample` serving signature's
 median latency at batch 1, 5 shots, and optionally the time of the per-shot table
@@ -34,7 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tensorflow.python.profiler import model_analyzer, option_builder
 
-from oneshot_tf import evaluate, export, models, train
+from oneshot_tf import evaluate, export, train
 from oneshot_tf import precision as precision_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -69,18 +69,12 @@ def _training_setup(config, splits, precision: str, xla: bool):
     keras.utils.set_random_seed(config.seed)
     with config.unlocked():
         config.train.jit_compile = xla
-    strategy = tf.distribute.get_strategy()
-    with strategy.scope():
-        model = models.build_model(config.model, **config.model_kwargs.to_dict())
-        optimizer = train.make_optimizer(config.train)
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    trainer = train.Trainer(config)
+    _, iterator = trainer.iterator(splits["train"], 0)
+    trainer.train(iterator, 2)  # Trace and warm up.
     _, dataset = train.training_data(config, splits["train"])
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    train_steps = train.make_train_steps(model, optimizer, step, config, strategy)
-    train_steps(iterator, tf.constant(2))  # Trace and warm up.
-    # train_steps returns (loss, grad norm, skipped steps); the runner gives the loss.
-    return (lambda num_steps: float(train_steps(iterator, tf.constant(num_steps))[0])), model, dataset
+    # Trainer.train returns (loss, grad norm, skipped steps); the runner gives the loss.
+    return (lambda num_steps: trainer.train(iterator, num_steps)[0]), trainer.model, dataset
 
 
 def _time_training(config, splits, precision: str, xla: bool) -> dict:

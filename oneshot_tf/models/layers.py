@@ -126,11 +126,22 @@ class BatchNorm(keras.layers.Layer):
         # float32 whatever the policy: the fused op takes float32 scale and statistics.
         self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma", autocast=False)
         self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta", autocast=False)
-        self.moving_mean = self.add_weight(
-            shape=shape, initializer="zeros", name="moving_mean", trainable=False, autocast=False
-        )
-        self.moving_variance = self.add_weight(
-            shape=shape, initializer="ones", name="moving_variance", trainable=False, autocast=False
+        # Per-replica statistics under tf.distribute: each replica updates its own copy
+        # without synchronising; reading them outside a replica (evaluation,
+        # checkpoints) gives the replicas' mean.
+        self.moving_mean = self._moving_statistic(shape, "zeros", "moving_mean")
+        self.moving_variance = self._moving_statistic(shape, "ones", "moving_variance")
+
+    def _moving_statistic(self, shape, initializer, name):
+        return keras.Variable(
+            initializer,
+            shape=shape,
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            aggregation="mean",
+            synchronization="on_read",
+            name=name,
         )
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
