@@ -171,6 +171,12 @@ class Trainer:
             raise errors.ConfigError("set at most one of train.grad_clip_norm and train.grad_clip_value")
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if config.data.batch_size % replicas:
+            raise errors.ConfigError(
+                f"data.batch_size {config.data.batch_size} (the global batch) must be a multiple of the "
+                f"{replicas} replicas of the strategy"
+            )
         with self.strategy.scope():
             self.model = models.build_model(config.model, **config.model_kwargs.to_dict())
             self.optimizer = make_optimizer(config.train)
@@ -236,6 +242,11 @@ class Trainer:
         # the model and the device (README "Speed"). It holds no synchronisation point.
         compiled = tf.function(replica_gradients, jit_compile=config.train.jit_compile)
 
+        def replica_step(images, seed, weight):
+            loss, gradients = compiled(images, seed, weight)
+            # One batched all-reduce of every gradient (packed by tf.distribute).
+            return loss, tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+
         def apply(gradients):
             if clip_norm:
                 gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
@@ -252,11 +263,9 @@ class Trainer:
                 step = self.step.read_value()
                 seed = tf.cast(tf.stack([tf.constant(config.seed, tf.int64), step % (2**31 - 1)]), tf.int32)
                 weight = likelihood_weight(step, period) if period else tf.constant(1.0)
-                losses, gradients = strategy.run(compiled, args=(batch["images"], seed, weight))
+                losses, gradients = strategy.run(replica_step, args=(batch["images"], seed, weight))
                 loss = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
-                gradients = strategy.extended.batch_reduce_to(
-                    tf.distribute.ReduceOp.SUM, [(g, v.value) for g, v in zip(gradients, trainable)]
-                )
+                # Every replica holds the same sum: take this worker's first.
                 gradients = [strategy.experimental_local_results(g)[0] for g in gradients]
                 norm = tf.linalg.global_norm(gradients)
                 # The global norm is finite only if every gradient is.

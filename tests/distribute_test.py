@@ -113,6 +113,12 @@ class MirroredTest(tf.test.TestCase, parameterized.TestCase):
         path = tf.train.Checkpoint(v=moving).save(os.path.join(self.get_temp_dir(), "ckpt"))
         self.assertAllClose(tf.train.load_variable(path, "v/.ATTRIBUTES/VARIABLE_VALUE"), np.mean(per_replica, 0))
 
+    def test_the_global_batch_must_split_evenly(self):
+        config = helpers.tiny_config("vae")
+        config.data.batch_size = 3
+        with self.assertRaisesRegex(errors.ConfigError, "batch_size 3 .* multiple of the 2 replicas"):
+            train.Trainer(config, _mirrored())
+
     def test_a_run_resumes_under_another_strategy(self):
         """One device to two replicas and back: same checkpoints, same data stream."""
         config = helpers.tiny_config("vae")

@@ -1,0 +1,75 @@
+"""Few-shot accuracy and test bound of a workdir's checkpoint: a point on a learning curve.
+
+  python tools/few_shot_accuracy.py --config=configs/statistician.py --workdir=RUN \
+      [--checkpoint=latest] [--rules=kl] [--queries=1000] [--out=curve.jsonl]
+
+The columns of the PyTorch reference's curve (../shared/bench/peer_ns_curve.jsonl), so
+the two compare at equal steps: accuracy on random 5-way 1-shot, 20-way 1-shot and
+5-way 5-shot tasks of the test (evaluation-alphabet) characters, each +- its standard
+error, per classification rule; and the mean training bound per image on test and
+validation sets of the training set size. Prints one JSON line (appended to --out).
+"""
+
+import json
+import math
+import pathlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from oneshot_tf import classify, evaluate
+from oneshot_tf import precision as precision_lib
+from oneshot_tf import workdir as workdir_lib
+from oneshot_tf.data import episodes, few_shot, omniglot
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", workdir_lib.CHECKPOINT_CHOICES, "Which checkpoint.")
+_RULES = flags.DEFINE_list("rules", None, "Classification rules; default: the model's primary rule.")
+_QUERIES = flags.DEFINE_integer("queries", 1000, "Queries per task.")
+_SETS = flags.DEFINE_integer("sets", 1000, "Test and validation sets for the bound.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
+_OUT = flags.DEFINE_string("out", None, "JSON-lines file to append the result to.")
+
+TASKS = ((5, 1), (20, 1), (5, 5))
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if config is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    precision_lib.set_policy(config.precision)
+    data_dir = _DATA_DIR.value or omniglot.default_data_dir()
+    splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
+    restored = workdir_lib.restore_model(config, _WORKDIR.value, _CHECKPOINT.value)
+    model = restored.model
+    rules = _RULES.value or model.classification_rules[:1]
+    result = {"step": restored.step, "checkpoint": restored.checkpoint, "queries_per_task": _QUERIES.value}
+    for name in ("test", "val"):
+        sets = episodes.fixed_episodes(
+            splits[name], num_episodes=_SETS.value, set_size=config.data.set_size, seed=config.eval.seed
+        )["images"]
+        result[f"{name}_bound"] = round(evaluate.mean_bound(model, sets, seed=config.eval.seed), 3)
+    for ways, shots in TASKS:
+        task = few_shot.random_episodes(
+            splits["test"], ways=ways, shots=shots, num_episodes=_QUERIES.value // ways, seed=config.eval.seed
+        )
+        for rule in rules:
+            error = classify.error_rate(
+                model, task, rule, num_samples=config.eval.classification_num_samples, seed=config.eval.seed
+            )
+            queries = task["labels"].size
+            key = f"{ways}way_{shots}shot_{rule}"
+            result[f"{key}_accuracy"] = round(1 - error, 4)
+            result[f"{key}_stderr"] = round(math.sqrt(error * (1 - error) / queries), 4)
+            logging.info("%s: accuracy %.4f over %d queries", key, 1 - error, queries)
+    line = json.dumps(result)
+    print(line)
+    if _OUT.value:
+        with pathlib.Path(_OUT.value).open("a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
