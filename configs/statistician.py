@@ -21,6 +21,8 @@ def get_config(variant: str = "default"):
     config.model_kwargs.latent_size = 16
     config.model_kwargs.num_latent_layers = 1
     config.model_kwargs.residual_layers = 3
+    # softplus | normalized_log_variance (the public implementation's Gaussian heads).
+    config.model_kwargs.gaussian_head = "softplus"
     config.data.batch_size = 32
     # Sets of 5 drawings of one character.
     config.data.set_size = 5

@@ -14,10 +14,13 @@ their ratio are printed with the CPU's name and flags.
 For each (precision, XLA) pair, runs the trainer's own inner loop
 (`train.Trainer.train`) on real episodes and reports steps/s, sets/s,
 images/s, the step's FLOPs (counted by TF's profiler on the traced step) and the
-achieved GFLOP/s. Then, once per precision: the `sample` serving signature's
-median latency at batch 1, 5 shots, and optionally the time of the per-shot table
-for `--eval_episodes` episodes at the config's K. Peak RSS of the process is
-reported at the end. JSON goes to --out; a table goes to stdout.
+achieved GFLOP/s. Then, once per precision: the machine's ceiling in the same run
+(a 2048^3 matmul and 3x3 convs at the statistician's encoder shapes, in that
+precision's compute dtype) and each step's achieved fraction of it; the `sample`
+serving signature's median latency at batch 1, 5 shots; and optionally the time of
+the per-shot table for `--eval_episodes` episodes at the config's K beside its
+FLOP-bound time at the ceiling. Peak RSS of the process is reported at the end.
+JSON goes to --out; a table goes to stdout.
 """
 
 import json
@@ -60,6 +63,38 @@ def _count_flops(concrete_function):
     options = option_builder.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return model_analyzer.profile(concrete_function.graph, options=options).total_float_ops or None
+
+
+def _median_seconds(fn, repeats: int = 7) -> float:
+    fn()  # Warm up (and let oneDNN pick its kernels).
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _ceiling(precision: str, images: int) -> dict:
+    """This machine's GFLOP/s on a large matmul and on 3x3 convs at the statistician's
+    encoder shapes (`images` per batch; 28x28x64, 14x14x128, 7x7x256, 'same' padding),
+    in float32 or (for mixed_bfloat16) bfloat16. Forward ops only, medians of 7."""
+    dtype = tf.float32 if precision == "float32" else tf.bfloat16
+    n = 2048
+    a = tf.cast(tf.random.stateless_normal([n, n], [1, 2]), dtype)
+    b = tf.cast(tf.random.stateless_normal([n, n], [3, 4]), dtype)
+    matmul = tf.function(lambda: tf.linalg.matmul(a, b))
+    result = {"matmul_gflop_per_sec": round(2 * n**3 / _median_seconds(lambda: matmul().numpy()) / 1e9, 1)}
+    conv_rates = []
+    for size, channels in ((28, 64), (14, 128), (7, 256)):
+        x = tf.cast(tf.random.stateless_normal([images, size, size, channels], [5, 6]), dtype)
+        w = tf.cast(tf.random.stateless_normal([3, 3, channels, channels], [7, 8]), dtype)
+        conv = tf.function(lambda x=x, w=w: tf.nn.conv2d(x, w, strides=1, padding="SAME"))
+        flops = 2 * images * size * size * channels * channels * 9
+        conv_rates.append(round(flops / _median_seconds(lambda conv=conv: conv().numpy()) / 1e9, 1))
+    result["conv3x3_gflop_per_sec"] = conv_rates
+    result["ceiling_gflop_per_sec"] = max(result["matmul_gflop_per_sec"], *conv_rates)
+    return result
 
 
 def _training_setup(config, splits, precision: str, xla: bool):
@@ -105,7 +140,7 @@ def _time_training(config, splits, precision: str, xla: bool) -> dict:
     }
 
 
-def _time_serving(model, splits, config) -> dict:
+def _time_serving(model, splits, config, ceiling: dict) -> dict:
     servable = export.Servable(model)
     support = tf.constant(episodes.fixed_episodes(splits["test"], num_episodes=1, set_size=5)["images"])
     for _ in range(5):
@@ -130,12 +165,28 @@ def _time_serving(model, splits, config) -> dict:
             chunk_size=config.eval.chunk_size,
         )
         seconds = time.perf_counter() - start
+        # FLOPs of one chunk (eval.batch_size episodes x eval.chunk_size samples), scaled.
+        chunk = tf.function(lambda x: model.per_shot_log_weights(x, config.eval.chunk_size, tf.constant([0, 0])))
+        shape = [config.eval.batch_size, *test["images"].shape[1:]]
+        chunk_flops = _count_flops(chunk.get_concrete_function(tf.TensorSpec(shape, tf.float32)))
         result["per_shot_table"] = {
             "episodes": _EVAL_EPISODES.value,
             "num_samples": config.eval.num_samples,
             "seconds": round(seconds, 1),
             "seconds_for_1000_episodes": round(seconds * 1000 / _EVAL_EPISODES.value, 1),
         }
+        if chunk_flops:
+            chunks = (_EVAL_EPISODES.value / config.eval.batch_size) * (
+                config.eval.num_samples / config.eval.chunk_size
+            )
+            bound = chunk_flops * chunks / (ceiling["ceiling_gflop_per_sec"] * 1e9)
+            result["per_shot_table"].update(
+                {
+                    "tflop": round(chunk_flops * chunks / 1e12, 2),
+                    "flop_bound_seconds": round(bound, 1),
+                    "measured_over_bound": round(seconds / bound, 2),
+                }
+            )
     return result
 
 
@@ -199,33 +250,45 @@ def main(argv):
             pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))
         return
-    rows, serving = [], {}
+    rows, serving, ceilings = [], {}, {}
     for precision in _PRECISIONS.value:
         for xla in _XLA.value:
             logging.info("timing %s, %s, xla=%s", config.model, precision, xla)
             row = _time_training(config, splits, precision, xla.lower() == "true")
             model = row.pop("model")
             rows.append(row)
-        serving[precision] = _time_serving(model, splits, config)
+        ceiling = _ceiling(precision, config.data.batch_size * config.data.set_size)
+        ceilings[precision] = ceiling
+        for row in rows:
+            if row["precision"] == precision and row["gflop_per_sec"]:
+                row["fraction_of_ceiling"] = round(row["gflop_per_sec"] / ceiling["ceiling_gflop_per_sec"], 3)
+        serving[precision] = _time_serving(model, splits, config, ceiling)
     keras.mixed_precision.set_global_policy("float32")
     report = {
         "model": config.model,
         "batch_size": config.data.batch_size,
         "set_size": config.data.set_size,
         "steps_timed": _STEPS.value,
+        "cpu": precision_lib.describe_cpu(),
+        "ceiling": ceilings,
         "training": rows,
         "serving": serving,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if _OUT.value:
         pathlib.Path(_OUT.value).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'precision':16} {'xla':5} {'steps/s':>8} {'sets/s':>8} {'images/s':>9} {'GFLOP/step':>10} {'GFLOP/s':>8}")
+    print(report["cpu"])
+    header = (
+        f"{'precision':16} {'xla':5} {'steps/s':>8} {'sets/s':>8} {'images/s':>9} {'GFLOP/step':>10} {'GFLOP/s':>8}"
+    )
+    print(header + f" {'of ceiling':>10}")
     for row in rows:
         print(
             f"{row['precision']:16} {str(row['xla']):5} {row['steps_per_sec']:8.2f} {row['sets_per_sec']:8.1f} "
             f"{row['images_per_sec']:9.0f} {_or_na(row['gflop_per_step'], '10.2f')} {_or_na(row['gflop_per_sec'], '8.1f')}"
+            f" {_or_na(row.get('fraction_of_ceiling'), '10.3f')}"
         )
-    print(json.dumps({"serving": serving, "peak_rss_mb": report["peak_rss_mb"]}, indent=2))
+    print(json.dumps({"ceiling": ceilings, "serving": serving, "peak_rss_mb": report["peak_rss_mb"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -96,8 +96,12 @@ class NormalHead(keras.layers.Layer):
         self.min_scale = min_scale
         self.dense = keras.layers.Dense(2 * size, dtype=OUTPUT_DTYPE)
 
-    def call(self, features: tf.Tensor) -> tfd.Distribution:
-        """features: [..., F] -> MultivariateNormalDiag with batch shape [...], event [size]."""
+    def call(self, features: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        """features: [..., F] -> MultivariateNormalDiag with batch shape [...], event [size].
+
+        `training` is accepted, and unused, so heads with batch norm can stand in.
+        """
+        del training
         params = tf.cast(self.dense(features), tf.float32)
         loc, raw_scale = tf.split(params, 2, axis=-1)
         return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.nn.softplus(raw_scale) + self.min_scale)

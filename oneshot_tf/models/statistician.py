@@ -116,6 +116,34 @@ class ResidualBlock(keras.layers.Layer):
         return tf.nn.elu(x + self.net(x, training=training))
 
 
+class NormalizedLogVarianceHead(keras.layers.Layer):
+    """The public implementation's Gaussian head: Dense(2 * size), one batch norm over
+    all 2 * size outputs together (a single scale and shift, its `bn_params`), then
+    mean and log-variance. [..., F] -> batch shape [...], event [size], float32."""
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2 * size, dtype=layers.OUTPUT_DTYPE)
+        self.norm = layers.BatchNorm(dtype=layers.OUTPUT_DTYPE)
+
+    def call(self, features: tf.Tensor, training: bool = False) -> tfd.Distribution:
+        params = tf.cast(self.dense(features), tf.float32)
+        normalized = self.norm(params[..., None], training=training)[..., 0]
+        loc, log_variance = tf.split(normalized, 2, axis=-1)
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=tf.exp(0.5 * log_variance))
+
+
+GAUSSIAN_HEADS = ("softplus", "normalized_log_variance")
+
+
+def _gaussian_head(kind: str, size: int) -> keras.layers.Layer:
+    if kind == "softplus":
+        return layers.NormalHead(size)
+    if kind == "normalized_log_variance":
+        return NormalizedLogVarianceHead(size)
+    raise ValueError(f"unknown gaussian_head {kind!r}; valid: {', '.join(GAUSSIAN_HEADS)}")
+
+
 class ConditionalGaussian(keras.layers.Layer):
     """Gaussian over `size` dims given several inputs: sum of Dense(width) of each
     input, batch norm, ELU, a ResidualBlock, then a layers.NormalHead.
@@ -123,12 +151,14 @@ class ConditionalGaussian(keras.layers.Layer):
     Inputs share leading dims [...]; returns batch shape [...], event [size].
     """
 
-    def __init__(self, width: int, size: int, num_inputs: int, *, residual_layers: int = 3, **kwargs):
+    def __init__(
+        self, width: int, size: int, num_inputs: int, *, residual_layers: int = 3, head: str = "softplus", **kwargs
+    ):
         super().__init__(**kwargs)
         self.projections = [keras.layers.Dense(width) for _ in range(num_inputs)]
         self.norm = layers.BatchNorm()
         self.residual = ResidualBlock(width, residual_layers)
-        self.head = layers.NormalHead(size)
+        self.head = _gaussian_head(head, size)
 
     def call(self, inputs: list, training: bool = False) -> tfd.Distribution:
         if len(inputs) != len(self.projections):
@@ -138,7 +168,7 @@ class ConditionalGaussian(keras.layers.Layer):
         for project, x in zip(self.projections[1:], inputs[1:]):
             hidden = hidden + project(x)
         hidden = tf.nn.elu(self.norm(hidden, training=training))
-        return self.head(self.residual(hidden, training=training))
+        return self.head(self.residual(hidden, training=training), training=training)
 
 
 class StatisticNetwork(keras.layers.Layer):
@@ -147,7 +177,7 @@ class StatisticNetwork(keras.layers.Layer):
     For an empty set it returns the prior p(c) = N(0, I).
     """
 
-    def __init__(self, width: int, context_size: int, num_post_layers: int = 2, **kwargs):
+    def __init__(self, width: int, context_size: int, num_post_layers: int = 2, head: str = "softplus", **kwargs):
         super().__init__(**kwargs)
         self.context_size = context_size
         self.item = layers.Chain(
@@ -158,7 +188,7 @@ class StatisticNetwork(keras.layers.Layer):
             post += [keras.layers.Dense(width, use_bias=False), layers.BatchNorm()]
             post.append(keras.layers.Activation("elu"))
         self.post = layers.Chain(post)
-        self.head = layers.NormalHead(context_size)
+        self.head = _gaussian_head(head, context_size)
 
     def item_features(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Encoder features [..., F] -> per-item features [..., width], to be pooled."""
@@ -169,7 +199,7 @@ class StatisticNetwork(keras.layers.Layer):
 
         count: [...] or scalar, items in each set; where it is 0 the result is p(c).
         """
-        posterior = self.head(self.post(pooled, training=training))
+        posterior = self.head(self.post(pooled, training=training), training=training)
         empty = tf.broadcast_to(tf.equal(count, 0), tf.shape(pooled)[:-1])[..., None]
         loc = tf.where(empty, 0.0, posterior.mean())
         scale = tf.where(empty, 1.0, posterior.stddev())
@@ -205,6 +235,7 @@ class NeuralStatistician(base.FewShotModel):
         latent_size: int = 16,
         num_latent_layers: int = 1,
         residual_layers: int = 3,
+        gaussian_head: str = "softplus",
         **kwargs,
     ):
         """Builds the networks.
@@ -217,6 +248,9 @@ class NeuralStatistician(base.FewShotModel):
           latent_size: dims of each z layer.
           num_latent_layers: L, stochastic layers of z.
           residual_layers: Dense + BN layers in each residual block of the z networks.
+          gaussian_head: how q(c | D), q(z | x, c) and p(z | c) map features to a
+            Gaussian: "softplus" (layers.NormalHead) or "normalized_log_variance" (the
+            public implementation's NormalizedLogVarianceHead).
         """
         super().__init__(**kwargs)
         if num_latent_layers < 1:
@@ -224,14 +258,18 @@ class NeuralStatistician(base.FewShotModel):
         self.context_size = context_size
         self.num_latent_layers = num_latent_layers
         self.encoder = ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
-        self.statistic = StatisticNetwork(hidden_size, context_size)
+        self.statistic = StatisticNetwork(hidden_size, context_size, head=gaussian_head)
         # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
         self.posteriors = [
-            ConditionalGaussian(hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers)
+            ConditionalGaussian(
+                hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
+            )
             for layer in range(num_latent_layers)
         ]
         self.priors = [
-            ConditionalGaussian(hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers)
+            ConditionalGaussian(
+                hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
+            )
             for layer in range(num_latent_layers)
         ]
         self.decoder_z = keras.layers.Dense(hidden_size)

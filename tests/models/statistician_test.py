@@ -45,6 +45,21 @@ class StatisticianTest(tf.test.TestCase):
         self.assertGreater(float(tf.reduce_mean(kls)), 0.0)
         self.assertEqual(log_likelihood.shape, (3,))
 
+    def test_normalized_log_variance_head(self):
+        model = helpers.tiny_model("statistician", gaussian_head="normalized_log_variance")
+        sets = helpers.random_images([3, 4, 28, 28, 1])
+        self.assertEqual(model.elbo(sets, tf.constant([1, 2]), training=True).shape, (3,))
+        # In training the head's batch norm makes the 2 x context_size outputs of the
+        # batch zero-mean, unit-variance together (gamma 1, beta 0 at the start).
+        head = model.statistic.head
+        q_c = model.context_posterior(sets, training=True)
+        params = tf.concat([q_c.mean(), 2.0 * tf.math.log(q_c.stddev())], axis=-1)
+        self.assertAllClose(tf.reduce_mean(params), 0.0, atol=1e-4)
+        self.assertAllClose(tf.math.reduce_std(params), 1.0, atol=1e-2)
+        self.assertIsInstance(head, statistician.NormalizedLogVarianceHead)
+        with self.assertRaisesRegex(Exception, "unknown gaussian_head 'tanh'"):
+            helpers.tiny_model("statistician", gaussian_head="tanh")
+
     def test_zero_shots_use_the_prior_in_graph_mode_too(self):
         model = helpers.tiny_model("statistician")
         sample = tf.function(
