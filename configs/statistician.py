@@ -23,6 +23,8 @@ def get_config(variant: str = "default"):
     config.model_kwargs.residual_layers = 3
     # softplus | normalized_log_variance (the public implementation's Gaussian heads).
     config.model_kwargs.gaussian_head = "softplus"
+    # Of the batch norms' moving averages (the public implementation: 0.9).
+    config.model_kwargs.batch_norm_momentum = 0.99
     config.data.batch_size = 32
     # Sets of 5 drawings of one character.
     config.data.set_size = 5

@@ -14,13 +14,15 @@ import json
 import math
 import pathlib
 
+import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from oneshot_tf import classify, evaluate
+from oneshot_tf import classify, evaluate, train
 from oneshot_tf import precision as precision_lib
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, few_shot, omniglot
+from oneshot_tf.models import layers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
@@ -30,8 +32,35 @@ _QUERIES = flags.DEFINE_integer("queries", 1000, "Queries per task.")
 _SETS = flags.DEFINE_integer("sets", 1000, "Test and validation sets for the bound.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 _OUT = flags.DEFINE_string("out", None, "JSON-lines file to append the result to.")
+_RECALIBRATE = flags.DEFINE_integer(
+    "recalibrate_batch_norm",
+    0,
+    "Before scoring, replace the batch-norm moving statistics by their plain mean over this many "
+    "training batches (in training mode, weights fixed): shows what lagging moving averages cost.",
+)
 
 TASKS = ((5, 1), (20, 1), (5, 5))
+
+
+def _recalibrate_batch_norm(model, config, characters, num_batches: int):
+    """Sets every layers.BatchNorm's moving statistics to their mean over `num_batches`
+    training batches, computed in training mode (the weights do not change)."""
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)]
+    sums = None
+    _, dataset = train.training_data(config, characters)
+    for index, batch in enumerate(dataset.take(num_batches)):
+        for norm in norms:
+            norm.moving_mean.assign(tf.zeros_like(norm.moving_mean))
+            norm.moving_variance.assign(tf.zeros_like(norm.moving_variance))
+        model.elbo(batch["images"], tf.constant([config.seed, index]), training=True)
+        # With zeroed statistics one update leaves (1 - momentum) x the batch's.
+        current = [(n.moving_mean.numpy(), n.moving_variance.numpy()) for n in norms]
+        sums = current if sums is None else [(a + c, b + d) for (a, b), (c, d) in zip(sums, current)]
+    for norm, (mean, variance) in zip(norms, sums):
+        scale = num_batches * (1.0 - norm.momentum)
+        norm.moving_mean.assign(mean / scale)
+        norm.moving_variance.assign(variance / scale)
+    logging.info("re-estimated %d batch norms from %d training batches", len(norms), num_batches)
 
 
 def main(argv):
@@ -46,6 +75,9 @@ def main(argv):
     model = restored.model
     rules = _RULES.value or model.classification_rules[:1]
     result = {"step": restored.step, "checkpoint": restored.checkpoint, "queries_per_task": _QUERIES.value}
+    if _RECALIBRATE.value:
+        _recalibrate_batch_norm(model, config, splits["train"], _RECALIBRATE.value)
+        result["recalibrated_batch_norm_batches"] = _RECALIBRATE.value
     for name in ("test", "val"):
         sets = episodes.fixed_episodes(
             splits[name], num_episodes=_SETS.value, set_size=config.data.set_size, seed=config.eval.seed

@@ -124,7 +124,7 @@ class NormalizedLogVarianceHead(keras.layers.Layer):
     def __init__(self, size: int, **kwargs):
         super().__init__(**kwargs)
         self.dense = keras.layers.Dense(2 * size, dtype=layers.OUTPUT_DTYPE)
-        self.norm = layers.BatchNorm(dtype=layers.OUTPUT_DTYPE)
+        self.norm = layers.BatchNorm(momentum=0.99, dtype=layers.OUTPUT_DTYPE)
 
     def call(self, features: tf.Tensor, training: bool = False) -> tfd.Distribution:
         params = tf.cast(self.dense(features), tf.float32)
@@ -236,6 +236,7 @@ class NeuralStatistician(base.FewShotModel):
         num_latent_layers: int = 1,
         residual_layers: int = 3,
         gaussian_head: str = "softplus",
+        batch_norm_momentum: float = 0.99,
         **kwargs,
     ):
         """Builds the networks.
@@ -251,31 +252,34 @@ class NeuralStatistician(base.FewShotModel):
           gaussian_head: how q(c | D), q(z | x, c) and p(z | c) map features to a
             Gaussian: "softplus" (layers.NormalHead) or "normalized_log_variance" (the
             public implementation's NormalizedLogVarianceHead).
+          batch_norm_momentum: of every batch norm's moving averages (0.99 is Keras'
+            default; the public implementation has PyTorch's, 0.9, and 0.99 in its heads).
         """
         super().__init__(**kwargs)
         if num_latent_layers < 1:
             raise ValueError(f"num_latent_layers must be >= 1, got {num_latent_layers}")
         self.context_size = context_size
         self.num_latent_layers = num_latent_layers
-        self.encoder = ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
-        self.statistic = StatisticNetwork(hidden_size, context_size, head=gaussian_head)
-        # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
-        self.posteriors = [
-            ConditionalGaussian(
-                hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
-            )
-            for layer in range(num_latent_layers)
-        ]
-        self.priors = [
-            ConditionalGaussian(
-                hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
-            )
-            for layer in range(num_latent_layers)
-        ]
-        self.decoder_z = keras.layers.Dense(hidden_size)
-        self.decoder_c = keras.layers.Dense(hidden_size)
-        self.decoder_norm = layers.BatchNorm()
-        self.decoder = UpConvDecoder(decoder_channels, decoder_convs_per_stage)
+        with layers.batch_norm_momentum(batch_norm_momentum):
+            self.encoder = ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
+            self.statistic = StatisticNetwork(hidden_size, context_size, head=gaussian_head)
+            # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
+            self.posteriors = [
+                ConditionalGaussian(
+                    hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
+                )
+                for layer in range(num_latent_layers)
+            ]
+            self.priors = [
+                ConditionalGaussian(
+                    hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
+                )
+                for layer in range(num_latent_layers)
+            ]
+            self.decoder_z = keras.layers.Dense(hidden_size)
+            self.decoder_c = keras.layers.Dense(hidden_size)
+            self.decoder_norm = layers.BatchNorm()
+            self.decoder = UpConvDecoder(decoder_channels, decoder_convs_per_stage)
 
     def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         """[..., 28, 28, 1] with 1 or 2 leading dims -> features [..., F]."""

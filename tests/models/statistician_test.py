@@ -4,7 +4,7 @@ import tensorflow as tf
 from absl.testing import absltest
 
 from oneshot_tf import precision
-from oneshot_tf.models import statistician
+from oneshot_tf.models import layers, statistician
 from tests import helpers
 
 
@@ -59,6 +59,13 @@ class StatisticianTest(tf.test.TestCase):
         self.assertIsInstance(head, statistician.NormalizedLogVarianceHead)
         with self.assertRaisesRegex(Exception, "unknown gaussian_head 'tanh'"):
             helpers.tiny_model("statistician", gaussian_head="tanh")
+
+    def test_batch_norm_momentum_reaches_every_block(self):
+        model = helpers.tiny_model("statistician", batch_norm_momentum=0.9)
+        model.elbo(helpers.random_images([2, 3, 28, 28, 1]), tf.constant([1, 1]))
+        momenta = {layer.momentum for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)}
+        self.assertEqual(momenta, {0.9})
+        self.assertEqual(layers.BatchNorm().momentum, 0.99)  # Only inside the model.
 
     def test_zero_shots_use_the_prior_in_graph_mode_too(self):
         model = helpers.tiny_model("statistician")
