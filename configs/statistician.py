@@ -2,7 +2,10 @@
 
 Architecture as the public PyTorch implementation's: 9 conv encoder, c of 512, one
 layer of z with 16 dims, up-conv decoder; sets of 5 drawings of one character,
-batch 32 sets, Adam 1e-3. Variants: default, quick, tiny.
+batch 32 sets, Adam 1e-3; and its training details: the log-likelihood weighted by
+w = 1 + 0.5 ** (step // 300) and the KL by 1 / w, gradients clamped element-wise to
+[-0.5, 0.5], batch-norm moving averages with PyTorch's momentum (0.9 in Keras' terms).
+Variants: default, quick, tiny.
 """
 
 from oneshot_tf.configs import common
@@ -23,13 +26,15 @@ def get_config(variant: str = "default"):
     config.model_kwargs.residual_layers = 3
     # softplus | normalized_log_variance (the public implementation's Gaussian heads).
     config.model_kwargs.gaussian_head = "softplus"
-    # Of the batch norms' moving averages (the public implementation: 0.9).
-    config.model_kwargs.batch_norm_momentum = 0.99
+    # Of the batch norms' moving averages: PyTorch's default, as in the public code.
+    config.model_kwargs.batch_norm_momentum = 0.9
     config.data.batch_size = 32
     # Sets of 5 drawings of one character.
     config.data.set_size = 5
     config.data.num_classes = 1
     config.train.steps = 300_000
+    config.train.likelihood_weight_period = 300
+    config.train.grad_clip_value = 0.5
     config.train.eval_every = 1000
     # Slow steps: log (and check for signals) every 20.
     config.train.steps_per_loop = 20

@@ -61,10 +61,10 @@ class StatisticianTest(tf.test.TestCase):
             helpers.tiny_model("statistician", gaussian_head="tanh")
 
     def test_batch_norm_momentum_reaches_every_block(self):
-        model = helpers.tiny_model("statistician", batch_norm_momentum=0.9)
+        model = helpers.tiny_model("statistician", batch_norm_momentum=0.95)
         model.elbo(helpers.random_images([2, 3, 28, 28, 1]), tf.constant([1, 1]))
         momenta = {layer.momentum for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)}
-        self.assertEqual(momenta, {0.9})
+        self.assertEqual(momenta, {0.95})
         self.assertEqual(layers.BatchNorm().momentum, 0.99)  # Only inside the model.
 
     def test_zero_shots_use_the_prior_in_graph_mode_too(self):
