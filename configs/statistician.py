@@ -28,6 +28,8 @@ def get_config(variant: str = "default"):
     config.model_kwargs.gaussian_head = "softplus"
     # Of the batch norms' moving averages: PyTorch's default, as in the public code.
     config.model_kwargs.batch_norm_momentum = 0.9
+    # glorot_uniform (Keras) | xavier_normal_relu_gain (the public implementation).
+    config.model_kwargs.kernel_initializer = "glorot_uniform"
     config.data.batch_size = 32
     # Sets of 5 drawings of one character.
     config.data.set_size = 5

@@ -95,7 +95,7 @@ class NormalHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.size = size
         self.min_scale = min_scale
-        self.dense = keras.layers.Dense(2 * size, dtype=OUTPUT_DTYPE)
+        self.dense = keras.layers.Dense(2 * size, kernel_initializer=new_kernel_initializer(), dtype=OUTPUT_DTYPE)
 
     def call(self, features: tf.Tensor, training: bool = False) -> tfd.Distribution:
         """features: [..., F] -> MultivariateNormalDiag with batch shape [...], event [size].
@@ -109,6 +109,30 @@ class NormalHead(keras.layers.Layer):
 
 
 _BATCH_NORM_MOMENTUM = [0.99]
+_KERNEL_INITIALIZER = ["glorot_uniform"]
+KERNEL_INITIALIZERS = ("glorot_uniform", "xavier_normal_relu_gain")
+
+
+@contextlib.contextmanager
+def kernel_initializer(name: str):
+    """Dense and conv layers that ask `new_kernel_initializer()` inside the block get
+    `name`: "glorot_uniform" (Keras' default) or "xavier_normal_relu_gain" (PyTorch's
+    xavier_normal_ with gain sqrt(2), twice the variance, as the public Neural
+    Statistician initialises its linear and conv layers)."""
+    if name not in KERNEL_INITIALIZERS:
+        raise ValueError(f"unknown kernel_initializer {name!r}; valid: {', '.join(KERNEL_INITIALIZERS)}")
+    _KERNEL_INITIALIZER.append(name)
+    try:
+        yield
+    finally:
+        _KERNEL_INITIALIZER.pop()
+
+
+def new_kernel_initializer():
+    """A fresh initializer of the kind `kernel_initializer` set (one per layer)."""
+    if _KERNEL_INITIALIZER[-1] == "xavier_normal_relu_gain":
+        return keras.initializers.VarianceScaling(scale=2.0, mode="fan_avg", distribution="untruncated_normal")
+    return keras.initializers.GlorotUniform()
 
 
 @contextlib.contextmanager

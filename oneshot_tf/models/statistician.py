@@ -45,7 +45,16 @@ class ConvEncoder(keras.layers.Layer):
         for c in channels:
             for i in range(convs_per_stage):
                 stride = 2 if i == convs_per_stage - 1 else 1
-                blocks.append(keras.layers.Conv2D(c, 3, strides=stride, padding="same", use_bias=not batch_norm))
+                blocks.append(
+                    keras.layers.Conv2D(
+                        c,
+                        3,
+                        strides=stride,
+                        padding="same",
+                        use_bias=not batch_norm,
+                        kernel_initializer=layers.new_kernel_initializer(),
+                    )
+                )
                 if batch_norm:
                     blocks.append(layers.BatchNorm())
                 blocks.append(keras.layers.Activation("elu"))
@@ -56,10 +65,24 @@ class ConvEncoder(keras.layers.Layer):
         return self.net(images, training=training)
 
 
+def _dense(units: int, **kwargs) -> keras.layers.Dense:
+    return keras.layers.Dense(units, kernel_initializer=layers.new_kernel_initializer(), **kwargs)
+
+
 def _conv_bn_elu(channels: int, *, kernel: int = 3, strides: int = 1, padding: str = "same", transpose=False):
-    conv = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    if transpose:  # The public implementation leaves transposed convs at PyTorch's default.
+        conv = keras.layers.Conv2DTranspose(channels, kernel, strides=strides, padding=padding, use_bias=False)
+    else:
+        conv = keras.layers.Conv2D(
+            channels,
+            kernel,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            kernel_initializer=layers.new_kernel_initializer(),
+        )
     return [
-        conv(channels, kernel, strides=strides, padding=padding, use_bias=False),
+        conv,
         layers.BatchNorm(),
         keras.layers.Activation("elu"),
     ]
@@ -79,7 +102,7 @@ class UpConvDecoder(keras.layers.Layer):
         if len(channels) != 3 or convs_per_stage < 1:
             raise ValueError(f"UpConvDecoder needs 3 stage channels and convs_per_stage >= 1, got {channels}")
         blocks = [
-            keras.layers.Dense(4 * 4 * channels[0], use_bias=False),
+            _dense(4 * 4 * channels[0], use_bias=False),
             layers.BatchNorm(),
             keras.layers.Activation("elu"),
             keras.layers.Reshape((4, 4, channels[0])),
@@ -89,7 +112,9 @@ class UpConvDecoder(keras.layers.Layer):
                 last = stage == len(channels) - 1 and i == convs_per_stage - 1
                 blocks += _conv_bn_elu(c, padding="valid" if last else "same")
             blocks += _conv_bn_elu(c, kernel=2, strides=2, transpose=True)
-        blocks.append(keras.layers.Conv2D(1, 1, dtype=layers.OUTPUT_DTYPE))
+        blocks.append(
+            keras.layers.Conv2D(1, 1, kernel_initializer=layers.new_kernel_initializer(), dtype=layers.OUTPUT_DTYPE)
+        )
         self.net = layers.Chain(blocks)
 
     def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -107,7 +132,7 @@ class ResidualBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         chain = []
         for i in range(num_layers):
-            chain += [keras.layers.Dense(width, use_bias=False), layers.BatchNorm()]
+            chain += [_dense(width, use_bias=False), layers.BatchNorm()]
             if i < num_layers - 1:
                 chain.append(keras.layers.Activation("elu"))
         self.net = layers.Chain(chain)
@@ -123,7 +148,7 @@ class NormalizedLogVarianceHead(keras.layers.Layer):
 
     def __init__(self, size: int, **kwargs):
         super().__init__(**kwargs)
-        self.dense = keras.layers.Dense(2 * size, dtype=layers.OUTPUT_DTYPE)
+        self.dense = _dense(2 * size, dtype=layers.OUTPUT_DTYPE)
         self.norm = layers.BatchNorm(momentum=0.99, dtype=layers.OUTPUT_DTYPE)
 
     def call(self, features: tf.Tensor, training: bool = False) -> tfd.Distribution:
@@ -155,7 +180,7 @@ class ConditionalGaussian(keras.layers.Layer):
         self, width: int, size: int, num_inputs: int, *, residual_layers: int = 3, head: str = "softplus", **kwargs
     ):
         super().__init__(**kwargs)
-        self.projections = [keras.layers.Dense(width) for _ in range(num_inputs)]
+        self.projections = [_dense(width) for _ in range(num_inputs)]
         self.norm = layers.BatchNorm()
         self.residual = ResidualBlock(width, residual_layers)
         self.head = _gaussian_head(head, size)
@@ -180,12 +205,10 @@ class StatisticNetwork(keras.layers.Layer):
     def __init__(self, width: int, context_size: int, num_post_layers: int = 2, head: str = "softplus", **kwargs):
         super().__init__(**kwargs)
         self.context_size = context_size
-        self.item = layers.Chain(
-            [keras.layers.Dense(width, use_bias=False), layers.BatchNorm(), keras.layers.Activation("elu")]
-        )
+        self.item = layers.Chain([_dense(width, use_bias=False), layers.BatchNorm(), keras.layers.Activation("elu")])
         post = []
         for _ in range(num_post_layers):
-            post += [keras.layers.Dense(width, use_bias=False), layers.BatchNorm()]
+            post += [_dense(width, use_bias=False), layers.BatchNorm()]
             post.append(keras.layers.Activation("elu"))
         self.post = layers.Chain(post)
         self.head = _gaussian_head(head, context_size)
@@ -237,6 +260,7 @@ class NeuralStatistician(base.FewShotModel):
         residual_layers: int = 3,
         gaussian_head: str = "softplus",
         batch_norm_momentum: float = 0.99,
+        kernel_initializer: str = "glorot_uniform",
         **kwargs,
     ):
         """Builds the networks.
@@ -254,13 +278,14 @@ class NeuralStatistician(base.FewShotModel):
             public implementation's NormalizedLogVarianceHead).
           batch_norm_momentum: of every batch norm's moving averages (0.99 is Keras'
             default; the public implementation has PyTorch's, 0.9, and 0.99 in its heads).
+          kernel_initializer: of the dense and conv layers (layers.KERNEL_INITIALIZERS).
         """
         super().__init__(**kwargs)
         if num_latent_layers < 1:
             raise ValueError(f"num_latent_layers must be >= 1, got {num_latent_layers}")
         self.context_size = context_size
         self.num_latent_layers = num_latent_layers
-        with layers.batch_norm_momentum(batch_norm_momentum):
+        with layers.batch_norm_momentum(batch_norm_momentum), layers.kernel_initializer(kernel_initializer):
             self.encoder = ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
             self.statistic = StatisticNetwork(hidden_size, context_size, head=gaussian_head)
             # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
@@ -276,8 +301,8 @@ class NeuralStatistician(base.FewShotModel):
                 )
                 for layer in range(num_latent_layers)
             ]
-            self.decoder_z = keras.layers.Dense(hidden_size)
-            self.decoder_c = keras.layers.Dense(hidden_size)
+            self.decoder_z = _dense(hidden_size)
+            self.decoder_c = _dense(hidden_size)
             self.decoder_norm = layers.BatchNorm()
             self.decoder = UpConvDecoder(decoder_channels, decoder_convs_per_stage)
 

@@ -1,5 +1,6 @@
 """Neural Statistician specifics: order-free context, one-pass prefixes."""
 
+import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
@@ -66,6 +67,26 @@ class StatisticianTest(tf.test.TestCase):
         momenta = {layer.momentum for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)}
         self.assertEqual(momenta, {0.95})
         self.assertEqual(layers.BatchNorm().momentum, 0.99)  # Only inside the model.
+
+    def test_kernel_initializer_reaches_every_dense_and_conv(self):
+        def kernel_variance_ratios(name):
+            model = helpers.tiny_model("statistician", kernel_initializer=name)
+            model.elbo(helpers.random_images([2, 3, 28, 28, 1]), tf.constant([1, 1]))
+            ratios = {}
+            for v in model.trainable_variables:
+                if v.path.endswith("kernel") and "transpose" not in v.path:
+                    fan_in, fan_out = np.prod(v.shape[:-1]), v.shape[-1] * np.prod(v.shape[:-2])
+                    ratios[v.path] = float(np.var(v.numpy())) / (2.0 / (fan_in + fan_out))
+            return ratios
+
+        keras_default, public = (
+            kernel_variance_ratios("glorot_uniform"),
+            kernel_variance_ratios("xavier_normal_relu_gain"),
+        )
+        self.assertGreater(len(public), 10)
+        # Glorot: Var = 2 / (fan_in + fan_out); the public implementation's: twice that.
+        self.assertAllClose(np.median(list(keras_default.values())), 1.0, rtol=0.3)
+        self.assertAllClose(np.median(list(public.values())), 2.0, rtol=0.3)
 
     def test_zero_shots_use_the_prior_in_graph_mode_too(self):
         model = helpers.tiny_model("statistician")
