@@ -442,7 +442,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
                 tf.summary.scalar("train/loss", loss, step=current)
                 tf.summary.scalar("train/grad_norm", grad_norm, step=current)
             tf.summary.scalar("train/steps_per_sec", steps_per_sec, step=current)
-            tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate), step=current)
+            tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate.numpy()), step=current)
             every = config.train.eval_every
             if every and (current // every > previous // every or current == total_steps):
                 val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)

@@ -170,15 +170,15 @@ def _wait_for(process, pattern: str, seconds: float, lines: list) -> bool:
 
 
 class MultiWorkerTest(tf.test.TestCase):
-    def _start_workers(self, workdir, steps: int, extra=()) -> list:
+    def _start_workers(self, workdir, steps: int, model: str = "vae") -> list:
         addresses = [f"127.0.0.1:{port}" for port in _free_ports(2)]
         processes = []
         for index in range(2):
             tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
             processes.append(
                 helpers.run_main(
-                    "--model=vae",
-                    "--config=configs/vae.py:tiny",
+                    f"--model={model}",
+                    f"--config=configs/{model}.py:tiny",
                     "--config.data.source=gmn28",
                     f"--config.train.steps={steps}",
                     "--config.train.checkpoint_every_secs=0",
@@ -186,7 +186,6 @@ class MultiWorkerTest(tf.test.TestCase):
                     "--cluster_timeout_secs=120",
                     "--mode=train",
                     f"--workdir={workdir}",
-                    *extra,
                     env={"TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""},
                 )
             )
@@ -195,8 +194,10 @@ class MultiWorkerTest(tf.test.TestCase):
         return processes
 
     def test_two_workers_train_in_step_and_the_chief_checkpoint_resumes_in_one_process(self):
+        # The statistician: batch norm's per-replica statistics are read (all-reduced)
+        # by validation, sample grids and checkpoint saves on every worker.
         workdir = pathlib.Path(self.create_tempdir())
-        processes = self._start_workers(workdir, steps=4)
+        processes = self._start_workers(workdir, steps=4, model="statistician")
         outputs = [p.communicate(timeout=300)[0] for p in processes]
         for process, output in zip(processes, outputs):
             self.assertEqual(process.returncode, 0, output[-3000:])
@@ -206,7 +207,7 @@ class MultiWorkerTest(tf.test.TestCase):
         # Only the chief wrote the workdir; the other worker's scratch folders are gone.
         self.assertEqual(sorted(p.name for p in workdir.parent.glob(f".{workdir.name}*")), [])
         self.assertFalse(list(workdir.parent.glob(".checkpoints*")))
-        config = helpers.tiny_config("vae")
+        config = helpers.tiny_config("statistician")
         restored = workdir_lib.restore_model(config, workdir, "latest")
         self.assertEqual(restored.step, 4)
         self.assertEqual(distribute.weights_digest(restored.model.trainable_variables), digests[0])
