@@ -1,11 +1,11 @@
-"""The training loop: `train_and_evaluate(config, workdir, data_dir)`.
+"""The training loop: `train_and_evaluate(config, workdir, data_dir[, strategy])`.
 
-The inner loop (`steps_per_loop` optimizer steps) runs inside one tf.function; the
-outer Python loop logs progress, writes summaries, validates and checkpoints
-(orbit's split). The step runs under `strategy.run` with the loss scaled by the
-global batch, so a tf.distribute strategy can wrap it unchanged. SIGINT/SIGTERM
-finish the current inner loop, save a checkpoint and raise `Interrupted`; running
-again in the same workdir resumes from it, data stream included.
+Orbit's split: `Trainer` holds the state (model, optimizer, step under the
+strategy's scope) and the inner loop (`steps_per_loop` optimizer steps in one
+tf.function); `train_and_evaluate` is the outer Python loop that logs progress,
+writes summaries, validates and checkpoints. SIGINT/SIGTERM finish the current inner
+loop, save a checkpoint and raise `Interrupted`; running again in the same workdir
+resumes from it, data stream included.
 """
 
 import contextlib
@@ -253,7 +253,6 @@ class Trainer:
             if clip_value:
                 gradients = [tf.clip_by_value(g, -clip_value, clip_value) for g in gradients]
             optimizer.apply_gradients(zip(gradients, trainable))
-            return tf.constant(1.0)
 
         @tf.function
         def train_steps(iterator, num_steps):
@@ -270,10 +269,10 @@ class Trainer:
                 norm = tf.linalg.global_norm(gradients)
                 # The global norm is finite only if every gradient is.
                 finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
-                taken = tf.cond(finite, functools.partial(apply, gradients), lambda: tf.constant(0.0))
+                tf.cond(finite, functools.partial(apply, gradients), lambda: None)
                 loss_sum += tf.where(finite, loss, 0.0)
                 norm_sum += tf.where(finite, norm, 0.0)
-                taken_sum += taken
+                taken_sum += tf.cast(finite, tf.float32)
                 self.bad_streak.assign(tf.where(finite, tf.constant(0, tf.int64), self.bad_streak + 1))
                 self.step.assign_add(1)
             taken_steps = tf.maximum(taken_sum, 1.0)
