@@ -30,6 +30,9 @@ def get_config(variant: str = "default"):
     config.model_kwargs.batch_norm_momentum = 0.9
     # glorot_uniform (Keras) | xavier_normal_relu_gain (the public implementation).
     config.model_kwargs.kernel_initializer = "glorot_uniform"
+    # Batch norm before the ELU of the z networks' and the decoder's summed inputs and
+    # after the decoder's dense stem; False is the public implementation's layout.
+    config.model_kwargs.hidden_batch_norm = True
     config.data.batch_size = 32
     # Sets of 5 drawings of one character.
     config.data.set_size = 5

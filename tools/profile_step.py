@@ -1,14 +1,15 @@
 """Where a training step's time goes, by TF op type, per precision.
 
   python tools/profile_step.py --config=configs/statistician.py \
-      [--precisions=float32,mixed_bfloat16] [--steps=5] [--top=15] [--out=profile.json]
+      [--precisions=float32,mixed_bfloat16] [--steps=5] [--top=15] [--by=type] [--out=profile.json]
 
 Runs the trainer's own inner loop (`train.Trainer`) under TF's profiler for --steps
 steps after a warm-up, reads the host trace (the .xplane.pb the profiler writes) and
 sums the time of every TF op event by op type. Ops run on two or more threads at once,
 so the sums are thread time (they can exceed the wall time); the table gives ms per
 step and the share of all op time, the largest --top types first, for each precision
-side by side.
+side by side. `--by=name` sums by op name instead ("<layer path>/<op>:<type>"): which
+layer's convolution or gradient takes the time.
 """
 
 import collections
@@ -33,10 +34,12 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Profiled steps (after a warm-up call 
 _TOP = flags.DEFINE_integer("top", 15, "Op types to print per precision.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON report.")
+_BY = flags.DEFINE_enum("by", "type", ["type", "name"], "Sum op time by op type or by op name.")
 
 
-def op_time_by_type(logdir: pathlib.Path) -> dict:
-    """{op type: microseconds} summed over the TF op events of the host trace in `logdir`.
+def op_time(logdir: pathlib.Path, by: str = "type") -> dict:
+    """{op type (or "<op name>:<op type>" with by="name"): microseconds} summed over the
+    TF op events of the host trace in `logdir`.
 
     TF op events, on the executor's `tf_Compute` threads, are named "<op name>:<op
     type>"; runtime spans ("ExecutorState::Process", ...) and function calls
@@ -56,7 +59,7 @@ def op_time_by_type(logdir: pathlib.Path) -> dict:
                     name = plane.event_metadata[event.metadata_id].name
                     op_type = name.rsplit(":", 1)[-1]
                     if ":" in name and "::" not in name and not op_type.lstrip().startswith("__inference"):
-                        totals[op_type] += event.duration_ps / 1e6
+                        totals[op_type if by == "type" else name] += event.duration_ps / 1e6
     return dict(totals)
 
 
@@ -72,7 +75,7 @@ def _profile(config, splits, precision: str) -> dict:
         trainer.train(iterator, _STEPS.value)
         seconds = time.perf_counter() - start
         tf.profiler.experimental.stop()
-        totals = op_time_by_type(pathlib.Path(logdir))
+        totals = op_time(pathlib.Path(logdir), _BY.value)
     all_ops = sum(totals.values())
     ranked = sorted(totals.items(), key=lambda item: -item[1])
     return {
@@ -97,8 +100,10 @@ def main(argv):
             f"\n{report['precision']}: {report['wall_ms_per_step']} ms/step wall, "
             f"{report['op_ms_per_step']} ms/step of op time (all threads)"
         )
-        for name, ms in list(report["ops"].items())[: _TOP.value]:
-            print(f"  {name:32} {ms:9.1f} ms/step  {ms / report['op_ms_per_step']:6.1%}")
+        top = list(report["ops"].items())[: _TOP.value]
+        width = max([32] + [len(name) for name, _ in top])
+        for name, ms in top:
+            print(f"  {name:{width}} {ms:9.1f} ms/step  {ms / report['op_ms_per_step']:6.1%}")
     if _OUT.value:
         pathlib.Path(_OUT.value).write_text(
             json.dumps({"cpu": precision_lib.describe_cpu(), "reports": reports}) + "\n"

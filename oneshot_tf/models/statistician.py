@@ -104,16 +104,17 @@ class UpConvDecoder(keras.layers.Layer):
     ELU after every layer but the last (the Neural Statistician's Omniglot decoder).
     """
 
-    def __init__(self, channels=(256, 128, 64), convs_per_stage: int = 2, **kwargs):
+    def __init__(self, channels=(256, 128, 64), convs_per_stage: int = 2, stem_batch_norm: bool = True, **kwargs):
+        """stem_batch_norm: batch norm and ELU after the dense layer (True), or the dense
+        layer's output reshaped as it is (False, the public implementation)."""
         super().__init__(**kwargs)
         if len(channels) != 3 or convs_per_stage < 1:
             raise ValueError(f"UpConvDecoder needs 3 stage channels and convs_per_stage >= 1, got {channels}")
-        blocks = [
-            _dense(4 * 4 * channels[0], use_bias=False),
-            layers.BatchNorm(),
-            _image_elu(),
-            keras.layers.Reshape((4, 4, channels[0])),
-        ]
+        if stem_batch_norm:
+            blocks = [_dense(4 * 4 * channels[0], use_bias=False), layers.BatchNorm(), _image_elu()]
+        else:
+            blocks = [_dense(4 * 4 * channels[0])]
+        blocks.append(keras.layers.Reshape((4, 4, channels[0])))
         for stage, c in enumerate(channels):
             for i in range(convs_per_stage):
                 last = stage == len(channels) - 1 and i == convs_per_stage - 1
@@ -178,17 +179,25 @@ def _gaussian_head(kind: str, size: int) -> keras.layers.Layer:
 
 class ConditionalGaussian(keras.layers.Layer):
     """Gaussian over `size` dims given several inputs: sum of Dense(width) of each
-    input, batch norm, ELU, a ResidualBlock, then a layers.NormalHead.
+    input, batch norm (if `input_batch_norm`), ELU, a ResidualBlock, then a Gaussian head.
 
     Inputs share leading dims [...]; returns batch shape [...], event [size].
     """
 
     def __init__(
-        self, width: int, size: int, num_inputs: int, *, residual_layers: int = 3, head: str = "softplus", **kwargs
+        self,
+        width: int,
+        size: int,
+        num_inputs: int,
+        *,
+        residual_layers: int = 3,
+        head: str = "softplus",
+        input_batch_norm: bool = True,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.projections = [_dense(width) for _ in range(num_inputs)]
-        self.norm = layers.BatchNorm()
+        self.norm = layers.BatchNorm() if input_batch_norm else keras.layers.Identity()
         self.residual = ResidualBlock(width, residual_layers)
         self.head = _gaussian_head(head, size)
 
@@ -268,6 +277,7 @@ class NeuralStatistician(base.FewShotModel):
         gaussian_head: str = "softplus",
         batch_norm_momentum: float = 0.99,
         kernel_initializer: str = "glorot_uniform",
+        hidden_batch_norm: bool = True,
         **kwargs,
     ):
         """Builds the networks.
@@ -286,6 +296,11 @@ class NeuralStatistician(base.FewShotModel):
           batch_norm_momentum: of every batch norm's moving averages (0.99 is Keras'
             default; the public implementation has PyTorch's, 0.9, and 0.99 in its heads).
           kernel_initializer: of the dense and conv layers (layers.KERNEL_INITIALIZERS).
+          hidden_batch_norm: batch norm before the ELU of the summed input projections
+            of the z networks and of the decoder, and after the decoder's dense layer
+            into 4 x 4 (with an ELU). The public implementation has none of the three
+            (False): ELU straight after the projections, the dense layer's output
+            reshaped as it is.
         """
         super().__init__(**kwargs)
         if num_latent_layers < 1:
@@ -295,23 +310,20 @@ class NeuralStatistician(base.FewShotModel):
         with layers.batch_norm_momentum(batch_norm_momentum), layers.kernel_initializer(kernel_initializer):
             self.encoder = ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
             self.statistic = StatisticNetwork(hidden_size, context_size, head=gaussian_head)
+            z_network = dict(residual_layers=residual_layers, head=gaussian_head, input_batch_norm=hidden_batch_norm)
             # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
             self.posteriors = [
-                ConditionalGaussian(
-                    hidden_size, latent_size, 2 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
-                )
+                ConditionalGaussian(hidden_size, latent_size, 2 + (layer > 0), **z_network)
                 for layer in range(num_latent_layers)
             ]
             self.priors = [
-                ConditionalGaussian(
-                    hidden_size, latent_size, 1 + (layer > 0), residual_layers=residual_layers, head=gaussian_head
-                )
+                ConditionalGaussian(hidden_size, latent_size, 1 + (layer > 0), **z_network)
                 for layer in range(num_latent_layers)
             ]
             self.decoder_z = _dense(hidden_size)
             self.decoder_c = _dense(hidden_size)
-            self.decoder_norm = layers.BatchNorm()
-            self.decoder = UpConvDecoder(decoder_channels, decoder_convs_per_stage)
+            self.decoder_norm = layers.BatchNorm() if hidden_batch_norm else keras.layers.Identity()
+            self.decoder = UpConvDecoder(decoder_channels, decoder_convs_per_stage, stem_batch_norm=hidden_batch_norm)
 
     def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         """[..., 28, 28, 1] with 1 or 2 leading dims -> features [..., F]."""

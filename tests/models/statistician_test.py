@@ -1,5 +1,6 @@
 """Neural Statistician specifics: order-free context, one-pass prefixes."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
@@ -87,6 +88,26 @@ class StatisticianTest(tf.test.TestCase):
         # Glorot: Var = 2 / (fan_in + fan_out); the public implementation's: twice that.
         self.assertAllClose(np.median(list(keras_default.values())), 1.0, rtol=0.3)
         self.assertAllClose(np.median(list(public.values())), 2.0, rtol=0.3)
+
+    def test_hidden_batch_norm_false_is_the_public_layout(self):
+        def batch_norms(model):
+            model.elbo(helpers.random_images([2, 3, 28, 28, 1]), tf.constant([1, 1]), training=True)
+            return [layer for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)]
+
+        ours = helpers.tiny_model("statistician", num_latent_layers=2)
+        public = helpers.tiny_model("statistician", num_latent_layers=2, hidden_batch_norm=False)
+        # One per z network (2 layers x posterior and prior), the decoder's input and
+        # the decoder's dense stem: 6 fewer; the stem's dense layer gets a bias instead.
+        self.assertLen(batch_norms(ours), len(batch_norms(public)) + 6)
+        stem = lambda model: next(layer for layer in model.decoder._flatten_layers() if isinstance(layer, keras.layers.Dense))
+        self.assertIsNone(stem(ours).bias)
+        self.assertIsNotNone(stem(public).bias)
+        # The z networks' first nonlinearity is ELU of the summed projections alone.
+        prior = public.priors[0]
+        context = tf.random.normal([4, 4])
+        hidden = tf.nn.elu(prior.projections[0](context))
+        expected = prior.head(prior.residual(hidden, training=False), training=False)
+        self.assertAllClose(prior([context]).mean(), expected.mean())
 
     def test_zero_shots_use_the_prior_in_graph_mode_too(self):
         model = helpers.tiny_model("statistician")
