@@ -11,6 +11,7 @@ over episodes, its standard error, and bits/dim = -nats / (784 ln 2).
 import math
 import pathlib
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -58,11 +59,7 @@ def per_shot_log_probs(
     if num_samples < 1:
         raise errors.ConfigError(f"num_samples must be >= 1, got {num_samples}")
     chunks = [min(chunk_size, num_samples - c) for c in range(0, num_samples, chunk_size)]
-
-    @tf.function
-    def chunk_logsumexp(batch, chunk, chunk_seed):
-        return tf.reduce_logsumexp(model.per_shot_log_weights(batch, chunk, chunk_seed), axis=0)
-
+    chunk_logsumexp = _chunk_logsumexp(model)
     results = []
     start = last_log = time.time()
     for b, i in enumerate(range(0, len(images), batch_size)):
@@ -87,6 +84,23 @@ def per_shot_log_probs(
             )
             last_log = time.time()
     return np.concatenate(results)
+
+
+# One traced scorer per model, so calling per_shot_log_probs again does not trace again.
+_CHUNK_SCORERS = weakref.WeakKeyDictionary()
+
+
+def _chunk_logsumexp(model):
+    """tf.function (episodes [B, T, ...], K, seed) -> logsumexp over K of the log-weights [B, T]."""
+    if model not in _CHUNK_SCORERS:
+        # A weak reference: the cached function must not keep its key (the model) alive.
+        model_ref = weakref.ref(model)
+        _CHUNK_SCORERS[model] = tf.function(
+            lambda batch, chunk, chunk_seed: tf.reduce_logsumexp(
+                model_ref().per_shot_log_weights(batch, chunk, chunk_seed), axis=0
+            )
+        )
+    return _CHUNK_SCORERS[model]
 
 
 def mean_of_first(log_probs: np.ndarray, num_positions: int = 5) -> dict:

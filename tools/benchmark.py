@@ -78,22 +78,42 @@ def _median_seconds(fn, repeats: int = 7) -> float:
 def _ceiling(precision: str, images: int) -> dict:
     """This machine's GFLOP/s on a large matmul and on 3x3 convs at the statistician's
     encoder shapes (`images` per batch; 28x28x64, 14x14x128, 7x7x256, 'same' padding),
-    in float32 or (for mixed_bfloat16) bfloat16. Forward ops only, medians of 7."""
+    in float32 or (for mixed_bfloat16) bfloat16, medians of 7. The ceiling is the best
+    forward rate; the same convs' input-gradient and filter-gradient kernels are timed
+    alone beside it (a training step's convs are a third of each), and
+    `conv3x3_training_gflop_per_sec` is the rate of the three in equal FLOPs
+    (their harmonic mean, per shape): what a step made of these convs alone could reach."""
     dtype = tf.float32 if precision == "float32" else tf.bfloat16
     n = 2048
     a = tf.cast(tf.random.stateless_normal([n, n], [1, 2]), dtype)
     b = tf.cast(tf.random.stateless_normal([n, n], [3, 4]), dtype)
     matmul = tf.function(lambda: tf.linalg.matmul(a, b))
     result = {"matmul_gflop_per_sec": round(2 * n**3 / _median_seconds(lambda: matmul().numpy()) / 1e9, 1)}
-    conv_rates = []
+    rates = {"forward": [], "input_grad": [], "filter_grad": []}
     for size, channels in ((28, 64), (14, 128), (7, 256)):
         x = tf.cast(tf.random.stateless_normal([images, size, size, channels], [5, 6]), dtype)
         w = tf.cast(tf.random.stateless_normal([3, 3, channels, channels], [7, 8]), dtype)
-        conv = tf.function(lambda x=x, w=w: tf.nn.conv2d(x, w, strides=1, padding="SAME"))
+        dy = tf.cast(tf.random.stateless_normal([images, size, size, channels], [9, 10]), dtype)
+        kernels = {
+            "forward": lambda x=x, w=w: tf.nn.conv2d(x, w, strides=1, padding="SAME"),
+            "input_grad": lambda x=x, w=w, dy=dy: tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x), filter=w, out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME"
+            ),
+            "filter_grad": lambda x=x, w=w, dy=dy: tf.raw_ops.Conv2DBackpropFilter(
+                input=x, filter_sizes=tf.shape(w), out_backprop=dy, strides=[1, 1, 1, 1], padding="SAME"
+            ),
+        }
         flops = 2 * images * size * size * channels * channels * 9
-        conv_rates.append(round(flops / _median_seconds(lambda conv=conv: conv().numpy()) / 1e9, 1))
-    result["conv3x3_gflop_per_sec"] = conv_rates
-    result["ceiling_gflop_per_sec"] = max(result["matmul_gflop_per_sec"], *conv_rates)
+        for kind, kernel in kernels.items():
+            op = tf.function(kernel)
+            rates[kind].append(round(flops / _median_seconds(lambda op=op: op().numpy()) / 1e9, 1))
+    result["conv3x3_gflop_per_sec"] = rates["forward"]
+    result["conv3x3_input_grad_gflop_per_sec"] = rates["input_grad"]
+    result["conv3x3_filter_grad_gflop_per_sec"] = rates["filter_grad"]
+    result["conv3x3_training_gflop_per_sec"] = [
+        round(3 / sum(1 / r for r in per_shape), 1) for per_shape in zip(*rates.values())
+    ]
+    result["ceiling_gflop_per_sec"] = max(result["matmul_gflop_per_sec"], *rates["forward"])
     return result
 
 

@@ -123,7 +123,9 @@ def main(argv):
         "episodes": config.eval.episodes,
         "num_samples": config.eval.num_samples,
         "rows": rows,
-        "tables": {str(s): {p: evaluate.summarize(lp) for p, lp in by_policy.items()} for s, by_policy in log_probs.items()},
+        "tables": {
+            str(s): {p: evaluate.summarize(lp) for p, lp in by_policy.items()} for s, by_policy in log_probs.items()
+        },
         "max_abs_difference": worst,
         "tolerance": _TOLERANCE.value,
         "within_tolerance": worst <= _TOLERANCE.value,

@@ -99,9 +99,10 @@ class StatisticianTest(tf.test.TestCase):
         # One per z network (2 layers x posterior and prior), the decoder's input and
         # the decoder's dense stem: 6 fewer; the stem's dense layer gets a bias instead.
         self.assertLen(batch_norms(ours), len(batch_norms(public)) + 6)
-        stem = lambda model: next(layer for layer in model.decoder._flatten_layers() if isinstance(layer, keras.layers.Dense))
-        self.assertIsNone(stem(ours).bias)
-        self.assertIsNotNone(stem(public).bias)
+        self.assertIsInstance(ours.decoder.net.chain[0], keras.layers.Dense)
+        self.assertIsNone(ours.decoder.net.chain[0].bias)
+        self.assertIsNotNone(public.decoder.net.chain[0].bias)
+        self.assertIsInstance(public.decoder.net.chain[1], keras.layers.Reshape)
         # The z networks' first nonlinearity is ELU of the summed projections alone.
         prior = public.priors[0]
         context = tf.random.normal([4, 4])
