@@ -148,6 +148,18 @@ def eval_filename(c_test: int) -> str:
     return "eval.json" if c_test == 1 else f"eval_c{c_test}.json"
 
 
+def protocol_episodes(eval_config, test_characters, num_episodes: int | None = None) -> np.ndarray:
+    """The protocol's test episodes [episodes, set_size, 28, 28, 1] from the config's
+    `eval` section: the same for every model and run with the same eval seed."""
+    return episodes.fixed_episodes(
+        test_characters,
+        num_episodes=num_episodes or eval_config.episodes,
+        set_size=eval_config.set_size,
+        num_classes=eval_config.c_test,
+        seed=eval_config.seed,
+    )["images"]
+
+
 def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     """Scores the config.eval.checkpoint checkpoint of `workdir` by the protocol; writes eval.json (eval_c<N>.json for C_test = N > 1).
 
@@ -157,17 +169,10 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     workdir = pathlib.Path(workdir)
     model, step, checkpoint = restored or workdir_lib.restore_model(config, workdir)
     splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
-    test = episodes.fixed_episodes(
-        splits["test"],
-        num_episodes=config.eval.episodes,
-        set_size=config.eval.set_size,
-        num_classes=config.eval.c_test,
-        seed=config.eval.seed,
-    )
     start = time.time()
     log_probs = per_shot_log_probs(
         model,
-        test["images"],
+        protocol_episodes(config.eval, splits["test"]),
         num_samples=config.eval.num_samples,
         seed=config.eval.seed,
         batch_size=config.eval.batch_size,

@@ -171,13 +171,11 @@ def _time_serving(model, splits, config, ceiling: dict) -> dict:
         latencies.append(time.perf_counter() - start)
     result = {"sample_latency_ms_median_batch1_5shots": round(1000 * float(np.median(latencies)), 3)}
     if _EVAL_EPISODES.value:
-        test = episodes.fixed_episodes(
-            splits["test"], num_episodes=_EVAL_EPISODES.value, set_size=config.eval.set_size, seed=config.eval.seed
-        )
+        test = evaluate.protocol_episodes(config.eval, splits["test"], _EVAL_EPISODES.value)
         start = time.perf_counter()
         evaluate.per_shot_log_probs(
             model,
-            test["images"],
+            test,
             num_samples=config.eval.num_samples,
             seed=0,
             batch_size=config.eval.batch_size,
@@ -186,7 +184,7 @@ def _time_serving(model, splits, config, ceiling: dict) -> dict:
         seconds = time.perf_counter() - start
         # FLOPs of one chunk (eval.batch_size episodes x eval.chunk_size samples), scaled.
         chunk = tf.function(lambda x: model.per_shot_log_weights(x, config.eval.chunk_size, tf.constant([0, 0])))
-        shape = [config.eval.batch_size, *test["images"].shape[1:]]
+        shape = [config.eval.batch_size, *test.shape[1:]]
         chunk_flops = _count_flops(chunk.get_concrete_function(tf.TensorSpec(shape, tf.float32)))
         result["per_shot_table"] = {
             "episodes": _EVAL_EPISODES.value,

@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from oneshot_tf import evaluate, precision, train
 from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import episodes, omniglot
+from oneshot_tf.data import omniglot
 
 POLICIES = ("float32", "mixed_bfloat16")
 
@@ -106,14 +106,8 @@ def main(argv):
     data_dir = _DATA_DIR.value or omniglot.default_data_dir()
     # The test characters do not depend on the training seed: score every model on one set.
     splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
-    test = episodes.fixed_episodes(
-        splits["test"],
-        num_episodes=config.eval.episodes,
-        set_size=config.eval.set_size,
-        num_classes=config.eval.c_test,
-        seed=config.eval.seed,
-    )
-    log_probs = {s: {p: _train_and_score(config, s, p, test["images"]) for p in POLICIES} for s in seeds}
+    test = evaluate.protocol_episodes(config.eval, splits["test"])
+    log_probs = {s: {p: _train_and_score(config, s, p, test) for p in POLICIES} for s in seeds}
     rows = compare(log_probs)
     worst = max(abs(row["difference"]) for row in rows)
     report = {

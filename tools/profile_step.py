@@ -30,7 +30,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from oneshot_tf import evaluate, models, train
 from oneshot_tf import precision as precision_lib
-from oneshot_tf.data import episodes, omniglot
+from oneshot_tf.data import omniglot
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file[:variant].")
 _PRECISIONS = flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to profile.")
@@ -80,9 +80,7 @@ def _training_runner(config, splits):
 def _scoring_runner(config, splits):
     """(run(), episodes per run): the per-shot table's scoring, traced and warmed up."""
     model = models.build_model(config.model, **config.model_kwargs.to_dict())
-    test = episodes.fixed_episodes(
-        splits["test"], num_episodes=_EVAL_EPISODES.value, set_size=config.eval.set_size, seed=config.eval.seed
-    )["images"]
+    test = evaluate.protocol_episodes(config.eval, splits["test"], _EVAL_EPISODES.value)
 
     def run(images=test, num_samples=config.eval.num_samples):
         return evaluate.per_shot_log_probs(
