@@ -108,6 +108,28 @@ class ResidualConvDecoder(keras.layers.Layer):
         return self.logits(x)
 
 
+def _per_set_matmul(x: tf.Tensor, y: tf.Tensor, transpose_y: bool = False) -> tf.Tensor:
+    """x [..., B, Q, I] times y [B, I, O] (or [B, O, I] with transpose_y) -> [..., B, Q, O].
+
+    The leading dims `...` (e.g. K samples) are folded into Q so that the product is one
+    batch matmul over B with equal batch dims: TF 2.21's oneDNN batch matmul, given
+    batch dims to broadcast and B = 1, writes out of bounds (a crash, or a corrupt heap
+    that crashes later), and einsum lowers to it.
+    """
+    rank = x.shape.rank
+    if rank == 3:
+        return tf.linalg.matmul(x, y, transpose_b=transpose_y)
+    shape = tf.shape(x)
+    leading = list(range(rank - 3))
+    moved = tf.transpose(x, [rank - 3, *leading, rank - 2, rank - 1])  # [B, ..., Q, I]
+    product = tf.linalg.matmul(tf.reshape(moved, [shape[rank - 3], -1, shape[-1]]), y, transpose_b=transpose_y)
+    out_size = tf.shape(y)[-2 if transpose_y else -1]
+    product = tf.reshape(
+        product, tf.concat([shape[rank - 3 : rank - 2], shape[: rank - 3], shape[-2:-1], [out_size]], 0)
+    )
+    return tf.transpose(product, [*[i + 1 for i in leading], 0, rank - 2, rank - 1])
+
+
 class MatchingController(keras.layers.Layer):
     """Reads a support set by repeated matching attention; returns its final state.
 
@@ -142,13 +164,13 @@ class MatchingController(keras.layers.Layer):
         for _ in range(self.num_steps):
             if self.conditioning == "attention":
                 queries = tf.math.l2_normalize(tf.cast(self.query(state), tf.float32), axis=-1)
-                cosine = tf.einsum("...bqd,bjd->...bqj", queries, keys)
+                cosine = _per_set_matmul(queries, keys, transpose_y=True)  # [..., B, Q, J]
                 logits = tf.exp(tf.cast(self.log_strength, tf.float32)) * cosine
             else:
                 logits = tf.zeros(tf.concat([tf.shape(state)[:-1], tf.shape(keys)[1:2]], axis=0))
             logits = tf.where(mask, logits, -1e9)
             weights = tf.cast(tf.nn.softmax(logits, axis=-1), values.dtype)
-            read = tf.einsum("...bqj,bju->...bqu", weights, values)
+            read = _per_set_matmul(weights, values)  # [..., B, Q, U]
             state = self.cell(tf.concat([read, tf.cast(inputs, read.dtype)], axis=-1), state)
         return state
 

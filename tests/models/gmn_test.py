@@ -1,8 +1,10 @@
 """GMN specifics: order-free attention, causal mask, pseudo-input, batched = naive."""
 
+import numpy as np
 import tensorflow as tf
 from absl.testing import absltest, parameterized
 
+from oneshot_tf.models import gmn
 from tests import helpers
 
 
@@ -45,6 +47,27 @@ class GmnTest(tf.test.TestCase, parameterized.TestCase):
         for t in range(5):
             naive = model._set_terms(episodes[:, :t], episodes[:, t], lambda q, t=t: z[:, :, t : t + 1])
             self.assertAllClose(batched[:, :, t], naive, atol=1e-4, msg=f"t={t}")
+
+    @parameterized.parameters(1, 2)
+    def test_per_set_matmul_equals_einsum(self, sets):
+        for leading in ((), (3,), (2, 3)):
+            x = tf.random.stateless_normal([*leading, sets, 4, 5], [1, sets])
+            y = tf.random.stateless_normal([sets, 5, 6], [2, sets])
+            expected = np.einsum("...bqi,bio->...bqo", x.numpy(), y.numpy())
+            self.assertAllClose(gmn._per_set_matmul(x, y), expected, atol=1e-5, msg=str(leading))
+            y_t = tf.transpose(y, [0, 2, 1])
+            self.assertAllClose(gmn._per_set_matmul(x, y_t, transpose_y=True), expected, atol=1e-5)
+
+    def test_one_episode_scores_as_in_a_batch(self):
+        # One episode (B = 1) with K samples in a graph: oneDNN's broadcasting batch
+        # matmul crashed here; the episode's log-weights must equal its row of a batch.
+        model = helpers.tiny_model("gmn")
+        episodes = helpers.random_images([2, 4, 28, 28, 1])
+        z = tf.random.stateless_normal([6, 2, 4, 3], [3, 4])
+        terms = tf.function(lambda x, z: model._causal_terms(x, lambda q: z, training=False))
+        batched = terms(episodes, z)
+        for b in range(2):
+            self.assertAllClose(terms(episodes[b : b + 1], z[:, b : b + 1]), batched[:, b : b + 1], atol=1e-5)
 
 
 if __name__ == "__main__":
