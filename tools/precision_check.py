@@ -10,10 +10,12 @@ seed (each in its own policy, as a user would run it).
 
 One seed cannot separate precision from chance: the two policies' trajectories part
 after the first rounding difference, as two seeds' do. So, per t, it prints the
-difference bfloat16 - float32 averaged over the seeds, with its standard error
-(episodes paired within a seed, then pooled over seeds), and beside it the float32
-seed-to-seed difference as the scale of chance. The criterion (issue 13): the mean
-difference within --tolerance nats at every t. JSON with every table goes to
+difference bfloat16 - float32 averaged over the seeds with two standard errors: over
+the test episodes (paired within a seed; the scoring's noise only) and over the seeds
+(the spread of the per-seed differences; training's noise too, the honest one with
+two or more seeds), each seed's difference, and the float32 seed-to-seed spread as the
+scale of chance. The criterion (issue 13): the mean difference within --tolerance
+nats at every t. JSON with every table goes to
 <workdir>/precision_check.json. Training resumes in <workdir>/seed<N>/<policy>/.
 """
 
@@ -47,9 +49,11 @@ def compare(log_probs: dict) -> list:
 
     Returns:
       One dict per t: each policy's mean over seeds and episodes, the mean difference
-      (bfloat16 - float32) with its standard error (paired by episode within a seed;
-      the seeds' means averaged, their variances added / seeds**2), each seed's
-      difference, and the float32 seed-to-seed spread (largest minus smallest seed mean).
+      (bfloat16 - float32) with its standard error over episodes (paired by episode
+      within a seed; the seeds' means averaged, their variances added / seeds**2) and
+      over seeds (std of the per-seed differences / sqrt(seeds); NaN for one seed),
+      each seed's difference, and the float32 seed-to-seed spread (largest minus
+      smallest seed mean).
     """
     seeds = sorted(log_probs)
     num_positions = next(iter(log_probs.values()))["float32"].shape[1]
@@ -67,6 +71,9 @@ def compare(log_probs: dict) -> list:
                 **{p: float(np.mean([log_probs[s][p][:, t].mean() for s in seeds])) for p in POLICIES},
                 "difference": float(np.mean(differences)),
                 "difference_stderr": math.sqrt(sum(variances)) / len(seeds),
+                "difference_stderr_seeds": (
+                    float(np.std(differences, ddof=1) / math.sqrt(len(seeds))) if len(seeds) > 1 else math.nan
+                ),
                 "difference_by_seed": dict(zip(seeds, differences)),
                 "float32_seed_spread": max(float32_means) - min(float32_means),
             }
@@ -128,12 +135,13 @@ def main(argv):
     out.write_text(json.dumps(report, indent=2) + "\n")
     by_seed = " ".join(f"{'seed ' + str(s):>8}" for s in seeds)
     print(f"{len(seeds)} seeds, {_STEPS.value} steps, {config.eval.episodes} episodes, K = {config.eval.num_samples}")
-    print(f"{'t':>3} {'float32':>9} {'bf16':>9} {'diff':>7} {'+-':>5} {by_seed} {'f32 seeds':>9}")
+    print(f"{'t':>3} {'float32':>9} {'bf16':>9} {'diff':>7} {'+-eps':>6} {'+-seeds':>7} {by_seed} {'f32 seeds':>9}")
     for row in rows:
         seeds_text = " ".join(f"{row['difference_by_seed'][s]:8.2f}" for s in seeds)
         print(
             f"{row['t']:3d} {row['float32']:9.2f} {row['mixed_bfloat16']:9.2f} {row['difference']:7.2f} "
-            f"{row['difference_stderr']:5.2f} {seeds_text} {row['float32_seed_spread']:9.2f}"
+            f"{row['difference_stderr']:6.2f} {row['difference_stderr_seeds']:7.2f} {seeds_text} "
+            f"{row['float32_seed_spread']:9.2f}"
         )
     print(
         f"max |mean difference| {worst:.2f} nats; tolerance {_TOLERANCE.value}; "
