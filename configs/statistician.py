@@ -1,10 +1,12 @@
 """Neural Statistician, Omniglot model (Edwards & Storkey 2017).
 
 Architecture as the public PyTorch implementation's: 9 conv encoder, c of 512, one
-layer of z with 16 dims, up-conv decoder; sets of 5 drawings of one character,
-batch 32 sets, Adam 1e-3; and its training details: the log-likelihood weighted by
-w = 1 + 0.5 ** (step // 300) and the KL by 1 / w, gradients clamped element-wise to
-[-0.5, 0.5], batch-norm moving averages with PyTorch's momentum (0.9 in Keras' terms).
+layer of z with 16 dims, up-conv decoder, its batch-norm placement, Gaussian heads and
+initialisation; sets of 5 drawings of one character, batch 32 sets, Adam 1e-3; and its
+training details: the log-likelihood weighted by w = 1 + 0.5 ** (step // 300) and the
+KL by 1 / w, gradients clamped element-wise to [-0.5, 0.5], batch-norm moving averages
+with PyTorch's momentum (0.9 in Keras' terms). With all of these it matches the
+reference's learning curve at 2,000 steps (README "Results").
 Variants: default, quick, tiny.
 """
 
@@ -24,15 +26,16 @@ def get_config(variant: str = "default"):
     config.model_kwargs.latent_size = 16
     config.model_kwargs.num_latent_layers = 1
     config.model_kwargs.residual_layers = 3
-    # softplus | normalized_log_variance (the public implementation's Gaussian heads).
-    config.model_kwargs.gaussian_head = "softplus"
+    # normalized_log_variance (the public implementation's Gaussian heads) | softplus.
+    config.model_kwargs.gaussian_head = "normalized_log_variance"
     # Of the batch norms' moving averages: PyTorch's default, as in the public code.
     config.model_kwargs.batch_norm_momentum = 0.9
-    # glorot_uniform (Keras) | xavier_normal_relu_gain (the public implementation).
-    config.model_kwargs.kernel_initializer = "glorot_uniform"
+    # xavier_normal_relu_gain (the public implementation) | glorot_uniform (Keras).
+    config.model_kwargs.kernel_initializer = "xavier_normal_relu_gain"
     # Batch norm before the ELU of the z networks' and the decoder's summed inputs and
-    # after the decoder's dense stem; False is the public implementation's layout.
-    config.model_kwargs.hidden_batch_norm = True
+    # after the decoder's dense stem (True); False is the public implementation's layout,
+    # without which the KL-rule accuracy trailed the reference's by 6-8 points.
+    config.model_kwargs.hidden_batch_norm = False
     config.data.batch_size = 32
     # Sets of 5 drawings of one character.
     config.data.set_size = 5

@@ -65,8 +65,16 @@ class StatisticianTest(tf.test.TestCase):
     def test_batch_norm_momentum_reaches_every_block(self):
         model = helpers.tiny_model("statistician", batch_norm_momentum=0.95)
         model.elbo(helpers.random_images([2, 3, 28, 28, 1]), tf.constant([1, 1]))
-        momenta = {layer.momentum for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)}
+        every_layer = list(model._flatten_layers())
+        heads = {id(layer.norm) for layer in every_layer if isinstance(layer, statistician.NormalizedLogVarianceHead)}
+        momenta = {
+            layer.momentum for layer in every_layer if isinstance(layer, layers.BatchNorm) and id(layer) not in heads
+        }
         self.assertEqual(momenta, {0.95})
+        # The public implementation's heads keep their own momentum (its bn_params: 0.01).
+        self.assertEqual(
+            {layer.norm.momentum for layer in every_layer if id(getattr(layer, "norm", None)) in heads}, {0.99}
+        )
         self.assertEqual(layers.BatchNorm().momentum, 0.99)  # Only inside the model.
 
     def test_kernel_initializer_reaches_every_dense_and_conv(self):
@@ -94,7 +102,7 @@ class StatisticianTest(tf.test.TestCase):
             model.elbo(helpers.random_images([2, 3, 28, 28, 1]), tf.constant([1, 1]), training=True)
             return [layer for layer in model._flatten_layers() if isinstance(layer, layers.BatchNorm)]
 
-        ours = helpers.tiny_model("statistician", num_latent_layers=2)
+        ours = helpers.tiny_model("statistician", num_latent_layers=2, hidden_batch_norm=True)
         public = helpers.tiny_model("statistician", num_latent_layers=2, hidden_batch_norm=False)
         # One per z network (2 layers x posterior and prior), the decoder's input and
         # the decoder's dense stem: 6 fewer; the stem's dense layer gets a bias instead.
