@@ -106,14 +106,16 @@ def _profile(config, splits, precision: str) -> dict:
         run()
         seconds = time.perf_counter() - start
         tf.profiler.experimental.stop()
-        totals = op_time(pathlib.Path(logdir), _BY.value)
+        totals = collections.Counter()
+        for name, us in op_time(pathlib.Path(logdir), _BY.value).items():
+            totals[_short(name)] += us
     all_ops = sum(totals.values())
-    ranked = sorted(totals.items(), key=lambda item: -item[1])
+    ranked = totals.most_common()
     return {
         "precision": precision,
         "wall_ms_per_step": round(1000 * seconds / units, 1),
         "op_ms_per_step": round(all_ops / 1000 / units, 1),
-        "ops": {_short(name): round(us / 1000 / units, 2) for name, us in ranked},
+        "ops": {name: round(us / 1000 / units, 2) for name, us in ranked},
     }
 
 
