@@ -81,7 +81,7 @@ def compare(log_probs: dict) -> list:
     return rows
 
 
-def _train_and_score(config, seed: int, policy: str, test_images: np.ndarray) -> np.ndarray:
+def _train_and_score(config, seed: int, policy: str, data_dir, test_images: np.ndarray) -> np.ndarray:
     run = config.copy_and_resolve_references()
     with run.unlocked():
         run.seed = seed
@@ -90,10 +90,9 @@ def _train_and_score(config, seed: int, policy: str, test_images: np.ndarray) ->
         run.train.eval_every = _STEPS.value
     workdir = pathlib.Path(_WORKDIR.value) / f"seed{seed}" / policy
     logging.info("seed %d, %s: training %s for %d steps in %s", seed, policy, run.model, _STEPS.value, workdir)
-    data_dir = _DATA_DIR.value or omniglot.default_data_dir()
     with precision.policy_scope(policy):
         train.train_and_evaluate(run, workdir, data_dir)
-        model, step, _ = workdir_lib.restore_model(run, workdir, "latest")
+        model = workdir_lib.restore_model(run, workdir, "latest").model
         return evaluate.per_shot_log_probs(
             model,
             test_images,
@@ -114,7 +113,7 @@ def main(argv):
     # The test characters do not depend on the training seed: score every model on one set.
     splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
     test = evaluate.protocol_episodes(config.eval, splits["test"])
-    log_probs = {s: {p: _train_and_score(config, s, p, test) for p in POLICIES} for s in seeds}
+    log_probs = {s: {p: _train_and_score(config, s, p, data_dir, test) for p in POLICIES} for s in seeds}
     rows = compare(log_probs)
     worst = max(abs(row["difference"]) for row in rows)
     report = {
