@@ -86,6 +86,19 @@ def per_shot_log_probs(
     return np.concatenate(results)
 
 
+def configured_log_probs(model, eval_config, images: np.ndarray, *, num_samples=None, seed=None) -> np.ndarray:
+    """per_shot_log_probs with the K, seed, batch and chunk sizes of an eval config
+    (`num_samples` / `seed` override the config's); float64 [episodes, T]."""
+    return per_shot_log_probs(
+        model,
+        images,
+        num_samples=eval_config.num_samples if num_samples is None else num_samples,
+        seed=eval_config.seed if seed is None else seed,
+        batch_size=eval_config.batch_size,
+        chunk_size=eval_config.chunk_size,
+    )
+
+
 # One traced scorer per model, so calling per_shot_log_probs again does not trace again.
 _CHUNK_SCORERS = weakref.WeakKeyDictionary()
 
@@ -170,14 +183,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     model, step, checkpoint = restored or workdir_lib.restore_model(config, workdir)
     splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
     start = time.time()
-    log_probs = per_shot_log_probs(
-        model,
-        protocol_episodes(config.eval, splits["test"]),
-        num_samples=config.eval.num_samples,
-        seed=config.eval.seed,
-        batch_size=config.eval.batch_size,
-        chunk_size=config.eval.chunk_size,
-    )
+    log_probs = configured_log_probs(model, config.eval, protocol_episodes(config.eval, splits["test"]))
     result = {
         "model": config.model,
         "source": omniglot.resolve_source(config.data.source, data_dir),

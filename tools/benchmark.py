@@ -173,14 +173,7 @@ def _time_serving(model, splits, config, ceiling: dict) -> dict:
     if _EVAL_EPISODES.value:
         test = evaluate.protocol_episodes(config.eval, splits["test"], _EVAL_EPISODES.value)
         start = time.perf_counter()
-        evaluate.per_shot_log_probs(
-            model,
-            test,
-            num_samples=config.eval.num_samples,
-            seed=0,
-            batch_size=config.eval.batch_size,
-            chunk_size=config.eval.chunk_size,
-        )
+        evaluate.configured_log_probs(model, config.eval, test, seed=0)
         seconds = time.perf_counter() - start
         # FLOPs of one chunk (eval.batch_size episodes x eval.chunk_size samples), scaled.
         chunk = tf.function(lambda x: model.per_shot_log_weights(x, config.eval.chunk_size, tf.constant([0, 0])))

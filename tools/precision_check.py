@@ -93,14 +93,7 @@ def _train_and_score(config, seed: int, policy: str, data_dir, test_images: np.n
     with precision.policy_scope(policy):
         train.train_and_evaluate(run, workdir, data_dir)
         model = workdir_lib.restore_model(run, workdir, "latest").model
-        return evaluate.per_shot_log_probs(
-            model,
-            test_images,
-            num_samples=run.eval.num_samples,
-            seed=run.eval.seed,
-            batch_size=run.eval.batch_size,
-            chunk_size=run.eval.chunk_size,
-        )
+        return evaluate.configured_log_probs(model, run.eval, test_images)
 
 
 def main(argv):

@@ -83,14 +83,7 @@ def _scoring_runner(config, splits):
     test = evaluate.protocol_episodes(config.eval, splits["test"], _EVAL_EPISODES.value)
 
     def run(images=test, num_samples=config.eval.num_samples):
-        return evaluate.per_shot_log_probs(
-            model,
-            images,
-            num_samples=num_samples,
-            seed=config.eval.seed,
-            batch_size=config.eval.batch_size,
-            chunk_size=config.eval.chunk_size,
-        )
+        return evaluate.configured_log_probs(model, config.eval, images, num_samples=num_samples)
 
     run(test[: config.eval.batch_size], min(config.eval.chunk_size, config.eval.num_samples))  # Trace.
     return run, _EVAL_EPISODES.value
