@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
     # public Neural Statistician's schedule (period 300, one of its epochs): the KL
     # counts less early on. Needs a model with separable_elbo. 0: the plain bound.
     config.train.likelihood_weight_period = 0
+    # Validate, evaluate, sample and export with an exponential moving average of the
+    # weights (and batch-norm statistics) of this decay per step; 0 disables.
+    config.train.ema_decay = 0.0
     # XLA-compile the training step (whether it pays depends on the model and device).
     config.train.jit_compile = False
     # Steps run inside one tf.function call; also the logging period.

@@ -48,9 +48,8 @@ def get_config(variant: str = "default"):
     config.train.steps_per_loop = 20
     config.eval.batch_size = 10
     config.eval.chunk_size = 100
-    # The likelihood rule runs the 0.2 GFLOP decoder per (query, class, sample):
-    # Likelihood classification scores every (query, class) pair: 10 samples, not 100.
-    # The paper's rule, KL between context posteriors, needs no samples.
+    # The likelihood rule runs the decoder per (query, class, sample): 10 samples, not
+    # 100. The paper's rule, KL between context posteriors, needs no samples.
     config.eval.classification_num_samples = 10
     if variant in ("quick", "tiny"):
         small = variant == "quick"

@@ -180,7 +180,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     workdir.load_data) skip restoring and loading again when the caller has them.
     """
     workdir = pathlib.Path(workdir)
-    model, step, checkpoint = restored or workdir_lib.restore_model(config, workdir)
+    model, step, checkpoint, weights = restored or workdir_lib.restore_model(config, workdir)
     splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
     start = time.time()
     log_probs = configured_log_probs(model, config.eval, protocol_episodes(config.eval, splits["test"]))
@@ -195,6 +195,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "seed": config.eval.seed,
         "checkpoint": checkpoint,
         "checkpoint_step": step,
+        "weights": weights,
         "precision": keras.mixed_precision.global_policy().name,
         "estimator": estimator_note(model),
         "per_shot": summarize(log_probs),
@@ -324,7 +325,7 @@ def write_samples(config, workdir, data_dir, *, restored=None, splits=None) -> p
     `restored` and `splits` as for `evaluate`.
     """
     workdir = pathlib.Path(workdir)
-    model, step, _ = restored or workdir_lib.restore_model(config, workdir)
+    model, step, *_ = restored or workdir_lib.restore_model(config, workdir)
     support = test_support(config, splits or omniglot.load_configured_splits(config.data, data_dir, config.seed))
     grid = sample_grid(model, support, config.sample, config.sample.seed)
     path = write_png(workdir / "samples" / f"samples_step{step}.png", grid)

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import distribute, errors, evaluate, models
+from oneshot_tf import distribute, errors, evaluate, models, weight_average
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -183,6 +183,10 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             # Batches consumed; seeds the model's sampling and positions the data stream.
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+            # What validation, evaluation and export use when train.ema_decay is set.
+            self.average = (
+                weight_average.WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay else None
+            )
         # Saved with every checkpoint so a resumed run only keeps a better one.
         self.best_val_bound = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
         # Steps in a row skipped for a non-finite loss or gradient (not checkpointed).
@@ -194,10 +198,23 @@ class Trainer:
             )
         self._train_steps = self._make_train_steps()
 
-    def checkpoint(self) -> tf.train.Checkpoint:
-        return workdir_lib.make_checkpoint(
-            self.model, optimizer=self.optimizer, step=self.step, best_val_bound=self.best_val_bound
-        )
+    def checkpoint(self, with_average: bool = True) -> tf.train.Checkpoint:
+        """What a checkpoint holds: the model, optimizer, step, best validation bound and
+        (when train.ema_decay is set, unless `with_average` is False) the weight average."""
+        others = {"optimizer": self.optimizer, "step": self.step, "best_val_bound": self.best_val_bound}
+        if self.average and with_average:
+            others[weight_average.CHECKPOINT_KEY] = self.average.checkpoint()
+        return workdir_lib.make_checkpoint(self.model, **others)
+
+    def restore(self, prefixes) -> str | None:
+        """Restores the newest readable checkpoint of `prefixes` (oldest first) and the
+        weight average saved with it; a checkpoint without one (written before
+        train.ema_decay was set) starts the average from its weights. Returns the
+        prefix, or None when `prefixes` is empty."""
+        prefix = workdir_lib.restore_newest_readable(self.checkpoint(with_average=False), prefixes)
+        if prefix and self.average and not self.average.restore(prefix):
+            logging.info("%s holds no weight average: the average starts from its weights", prefix)
+        return prefix
 
     def iterator(self, characters, start: int):
         """The episode stream from batch `start`, split over replicas and workers.
@@ -253,6 +270,8 @@ class Trainer:
             if clip_value:
                 gradients = [tf.clip_by_value(g, -clip_value, clip_value) for g in gradients]
             optimizer.apply_gradients(zip(gradients, trainable))
+            if self.average:
+                self.average.update()
 
         @tf.function
         def train_steps(iterator, num_steps):
@@ -326,7 +345,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
     best_manager = manager_in(workdir_lib.BEST_CHECKPOINT, 1)
     # Every worker restores what the chief saved.
     chief_checkpoints = workdir_lib.checkpoint_prefixes(workdir / workdir_lib.CHECKPOINTS)
-    restored = workdir_lib.restore_newest_readable(checkpoint, chief_checkpoints)
+    restored = trainer.restore(chief_checkpoints)
     start = int(step.numpy())
     if restored:
         logging.info("Resumed from %s at step %d", restored, start)
@@ -415,7 +434,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
                     bad_streak,
                     latest,
                 )
-                workdir_lib.restore_newest_readable(checkpoint, [latest])
+                trainer.restore([latest])
                 recovered_from, current = latest, int(step.numpy())
                 trainer.bad_streak.assign(0)
                 _, iterator = trainer.iterator(splits["train"], current)
@@ -444,19 +463,24 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
             tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate.numpy()), step=current)
             every = config.train.eval_every
             if every and (current // every > previous // every or current == total_steps):
-                val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
+                with trainer.average.applied() if trainer.average else contextlib.nullcontext():
+                    val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
+                    grid = evaluate.sample_grid(model, grid_support, config.sample, current)
                 improved = val_bound > float(trainer.best_val_bound.numpy())
+                if trainer.average:
+                    trained_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
+                    tf.summary.scalar("val/bound_trained_weights", trained_bound, step=current)
                 logging.info(
-                    "step %d  validation bound %.3f nats/image%s",
+                    "step %d  validation bound %.3f nats/image%s%s",
                     current,
                     val_bound,
+                    f" (weight average; trained weights {trained_bound:.3f})" if trainer.average else "",
                     "  (best so far: saved)" if improved else f"  (best {float(trainer.best_val_bound.numpy()):.3f})",
                 )
                 tf.summary.scalar("val/bound", val_bound, step=current)
                 if improved:
                     trainer.best_val_bound.assign(val_bound)
                     save(best_manager)
-                grid = evaluate.sample_grid(model, grid_support, config.sample, current)
                 tf.summary.image("samples", grid[None, ..., None], step=current)
             if now - last_save > config.train.checkpoint_every_secs:
                 save(manager)

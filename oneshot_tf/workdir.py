@@ -1,7 +1,8 @@
 """What a workdir holds: its layout, checkpoints, and restoring a model from them.
 
 Layout:
-  checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step, best validation bound)
+  checkpoints/ckpt-<step>.*   tf.train.Checkpoint(model, optimizer, step, best validation bound,
+                              weight average when train.ema_decay is set)
   best_checkpoint/ckpt-<step>.*  the checkpoint with the best validation bound so far
   tensorboard/{train,eval}/   TensorBoard events
   eval.json                   the per-shot table (SPEC §3); eval_c<N>.json for C_test = N > 1
@@ -17,14 +18,15 @@ import pathlib
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import errors, models
+from oneshot_tf import errors, models, weight_average
 
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
 CHECKPOINT_CHOICES = ("best", "latest")
 
-# What restore_model returns; `checkpoint` is the kind restored, "best" or "latest".
-Restored = collections.namedtuple("Restored", ["model", "step", "checkpoint"])
+# What restore_model returns; `checkpoint` is the kind restored, "best" or "latest";
+# `weights` "average" (the weight average, train.ema_decay) or "trained".
+Restored = collections.namedtuple("Restored", ["model", "step", "checkpoint", "weights"])
 
 
 def make_checkpoint(model, **others) -> tf.train.Checkpoint:
@@ -107,14 +109,16 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, prefixes) -> str | 
 
 def restore_model(config, workdir, which: str | None = None) -> Restored:
     """Builds the model (in the current Keras dtype policy) and restores a checkpoint of
-    `workdir` (see find_checkpoint).
+    `workdir` (see find_checkpoint): its weight average when config.train.ema_decay is
+    set and the checkpoint has one (a warning says when it has not), else the trained
+    weights.
 
     Args:
       which: "best" or "latest"; default config.eval.checkpoint.
 
     Returns:
-      Restored(model, step, checkpoint kind). Raises CheckpointError naming the
-      workdir if it has no checkpoint, or the files if none is readable.
+      Restored(model, step, checkpoint kind, weights). Raises CheckpointError naming
+      the workdir if it has no checkpoint, or the files if none is readable.
     """
     prefix, kind = find_checkpoint(workdir, which or config.eval.checkpoint)
     model = models.build_model(config.model, **config.model_kwargs.to_dict())
@@ -129,8 +133,17 @@ def restore_model(config, workdir, which: str | None = None) -> Restored:
     prefix = restore_newest_readable(checkpoint, candidates)
     if kind == "best" and prefix != chosen:
         kind = "latest"
-    logging.info("Restored %s (%s checkpoint, step %d)", prefix, kind, int(step.numpy()))
-    return Restored(model, int(step.numpy()), kind)
+    weights = "trained"
+    if config.train.ema_decay:
+        averaged = [v.value for v in weight_average.averaged_variables(model)]
+        status = weight_average.averages_checkpoint(averaged).restore(prefix).expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+            weights = "average"
+        except AssertionError:
+            logging.warning("%s holds no weight average (train.ema_decay is set): using its trained weights", prefix)
+    logging.info("Restored %s (%s checkpoint, step %d, %s weights)", prefix, kind, int(step.numpy()), weights)
+    return Restored(model, int(step.numpy()), kind, weights)
 
 
 def write_json(path, payload: dict):

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest, parameterized
 
-from oneshot_tf import distribute, errors, train
+from oneshot_tf import distribute, errors, train, weight_average
 from oneshot_tf import workdir as workdir_lib
 from tests import helpers
 
@@ -120,6 +120,28 @@ class MirroredTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotAllClose(per_replica[0], per_replica[1])
         path = tf.train.Checkpoint(v=moving).save(os.path.join(self.get_temp_dir(), "ckpt"))
         self.assertAllClose(tf.train.load_variable(path, "v/.ATTRIBUTES/VARIABLE_VALUE"), np.mean(per_replica, 0))
+
+    def test_the_weight_average_is_the_same_on_both_replicas(self):
+        strategy = _mirrored()
+        config = helpers.tiny_config("statistician")
+        config.data.batch_size = 4
+        config.train.ema_decay = 0.5
+        trainer = train.Trainer(config, strategy)
+        variables = weight_average.averaged_variables(trainer.model)
+        before = [v.numpy() for v in variables]  # Batch-norm statistics read as the replicas' mean.
+        batch = helpers.random_images([4, config.data.set_size, 28, 28, 1])
+        iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors({"images": batch})))
+        trainer.train(iterator, 1)
+        after = [v.numpy() for v in variables]
+        # The first update's decay is min(0.5, 1 / 10).
+        for average, old, new in zip(trainer.average.averages, before, after):
+            for value in strategy.experimental_local_results(average):
+                self.assertAllClose(value, 0.1 * old + 0.9 * new, **TOLERANCE)
+        with trainer.average.applied():
+            for v, average in zip(variables, trainer.average.averages):
+                self.assertAllClose(v.numpy(), average.numpy(), **TOLERANCE)
+        for v, value in zip(variables, after):
+            self.assertAllClose(v.numpy(), value, **TOLERANCE)
 
     def test_the_global_batch_must_split_evenly(self):
         config = helpers.tiny_config("vae")

@@ -40,7 +40,7 @@ def main(argv):
     model_dir = workdir / "export" / config.model
     version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
     loaded = tf.saved_model.load(str(model_dir / str(version)))
-    model, step, _ = workdir_lib.restore_model(config, workdir)
+    model, step, *_ = workdir_lib.restore_model(config, workdir)
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)
     test = episodes.fixed_episodes(splits["test"], num_episodes=_EPISODES.value, set_size=4, seed=0)["images"]
     evaluator = evaluate.per_shot_log_probs(model, test, num_samples=_NUM_SAMPLES.value, seed=0)

@@ -24,7 +24,7 @@ class IwaeBoundTest(tf.test.TestCase):
         config.train.schedule = "constant"
         cls.workdir = tf.compat.v1.test.get_temp_dir() + "/iwae_bound"
         train.train_and_evaluate(config, cls.workdir, helpers.DATA_DIR)
-        cls.model, cls.step, _ = workdir_lib.restore_model(config, cls.workdir)
+        cls.model, cls.step, *_ = workdir_lib.restore_model(config, cls.workdir)
         cls.splits = omniglot.load_configured_splits(config.data, helpers.DATA_DIR, config.seed)
 
     def test_trained_to_the_requested_step(self):
