@@ -8,6 +8,8 @@ the two compare at equal steps: accuracy on random 5-way 1-shot, 20-way 1-shot a
 5-way 5-shot tasks of the test (evaluation-alphabet) characters, each +- its standard
 error, per classification rule; and the mean training bound per image on test and
 validation sets of the training set size. Prints one JSON line (appended to --out).
+A run trained with train.ema_decay is scored with its weight average (the line's
+`weights`); add --config.train.ema_decay=0 for the trained weights.
 """
 
 import json
@@ -74,7 +76,12 @@ def main(argv):
     restored = workdir_lib.restore_model(config, _WORKDIR.value, _CHECKPOINT.value)
     model = restored.model
     rules = _RULES.value or model.classification_rules[:1]
-    result = {"step": restored.step, "checkpoint": restored.checkpoint, "queries_per_task": _QUERIES.value}
+    result = {
+        "step": restored.step,
+        "checkpoint": restored.checkpoint,
+        "weights": restored.weights,
+        "queries_per_task": _QUERIES.value,
+    }
     if _RECALIBRATE.value:
         _recalibrate_batch_norm(model, config, splits["train"], _RECALIBRATE.value)
         result["recalibrated_batch_norm_batches"] = _RECALIBRATE.value
