@@ -62,15 +62,38 @@ def learning_curve_figure(curve: dict, path, title: str = "") -> pathlib.Path:
 
     Args:
       curve: {"step": [...], "hours": [...], "val_bound": [...]} and optionally
-        {"train_step": [...], "train_loss": [...]} (loss in nats/image, plotted negated).
+        {"train_step": [...], "train_loss": [...]} (loss in nats/image, plotted negated)
+        and {"trained_step": [...], "trained_hours": [...], "val_bound_trained": [...]}
+        (a run with a weight average: `val_bound` is the average's, these the trained
+        weights').
     """
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     if curve.get("train_step"):
         by_step.plot(
             curve["train_step"], -np.asarray(curve["train_loss"]), color="0.7", lw=0.8, label="- training loss"
         )
-    by_step.plot(curve["step"], curve["val_bound"], "o-", color="C0", label="validation bound")
-    by_time.plot(curve["hours"], curve["val_bound"], "o-", color="C0", label="validation bound")
+    points = list(zip(curve["step"], curve["hours"], curve["val_bound"]))
+    trained_at = dict(
+        zip(curve.get("trained_step", []), zip(curve.get("trained_hours", []), curve.get("val_bound_trained", [])))
+    )
+    if trained_at:
+        # Validation points without a trained-weights partner came before the average
+        # started: they are the trained weights' too.
+        series = [
+            ("validation bound, weight average", "o-", "C0", [p for p in points if p[0] in trained_at]),
+            (
+                "validation bound, trained weights",
+                "s--",
+                "C1",
+                sorted([p for p in points if p[0] not in trained_at] + [(s, *hv) for s, hv in trained_at.items()]),
+            ),
+        ]
+    else:
+        series = [("validation bound", "o-", "C0", points)]
+    for label, style, color, chosen in series:
+        steps, hours, bounds = zip(*chosen) if chosen else ((), (), ())
+        by_step.plot(steps, bounds, style, color=color, ms=5, label=label)
+        by_time.plot(hours, bounds, style, color=color, ms=5, label=label)
     for ax, xlabel in ((by_step, "step"), (by_time, "wall time, hours")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("nats / image")
@@ -91,13 +114,14 @@ def read_curve(workdir) -> dict:
     """The learning curve of a training workdir, from its TensorBoard events."""
     import tensorflow as tf
 
-    points = {"val/bound": {}, "train/loss": {}}
+    points = {"val/bound": {}, "val/bound_trained_weights": {}, "train/loss": {}}
     for events in sorted(pathlib.Path(workdir, "tensorboard", "train").glob("events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(str(events)):
             for value in event.summary.value:
                 if value.tag in points:
                     points[value.tag][event.step] = (event.wall_time, float(tf.make_ndarray(value.tensor)))
     val = sorted(points["val/bound"].items())
+    trained = sorted(points["val/bound_trained_weights"].items())
     train = sorted(points["train/loss"].items())
     # Wall time of a resumed run counts only time spent running, not the gaps between runs.
     walls = sorted(wall for series in points.values() for wall, _ in series.values())
@@ -112,4 +136,7 @@ def read_curve(workdir) -> dict:
         "val_bound": [v for _, (_, v) in val],
         "train_step": [s for s, _ in train],
         "train_loss": [v for _, (_, v) in train],
+        "trained_step": [s for s, _ in trained],
+        "trained_hours": [active[w] for _, (w, _) in trained],
+        "val_bound_trained": [v for _, (_, v) in trained],
     }

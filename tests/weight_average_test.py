@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import errors, main, train, weight_average
+from oneshot_tf import errors, main, plots, train, weight_average
 from oneshot_tf import workdir as workdir_lib
 from tests import helpers
 
@@ -61,6 +61,11 @@ class WeightAverageTest(tf.test.TestCase):
         with self.assertLogs(level="INFO") as logs:
             train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
         self.assertRegex("\n".join(logs.output), r"step 3  validation bound \S+ nats/image \(weight average; trained")
+        curve = plots.read_curve(workdir)
+        self.assertEqual((curve["step"], curve["trained_step"]), ([1, 2, 3], [1, 2, 3]))
+        self.assertNotEqual(curve["val_bound"], curve["val_bound_trained"])
+        figure = plots.learning_curve_figure(curve, pathlib.Path(workdir, "curve.png"))
+        self.assertGreater(tf.io.decode_png(figure.read_bytes()).shape[0], 200)
 
         restored = workdir_lib.restore_model(config, workdir, "latest")
         self.assertEqual(restored.weights, "average")

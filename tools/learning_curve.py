@@ -3,7 +3,9 @@
   python tools/learning_curve.py --workdir=runs/gmn [--out=runs/gmn/learning_curve.png]
 
 Validation bound against step (with the training loss, negated, behind it) and
-against wall time (time between runs does not count); prints the points as JSON.
+against wall time (time between runs does not count), and for a run with a weight
+average (train.ema_decay) the trained weights' bound beside the average's; prints
+the points as JSON.
 """
 
 import json
@@ -25,8 +27,10 @@ def main(argv):
         raise app.UsageError(f"no validation points in {_WORKDIR.value}/tensorboard/train")
     out = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value) / "learning_curve.png")
     plots.learning_curve_figure(curve, out, _TITLE.value or str(_WORKDIR.value))
+    trained = dict(zip(curve["trained_step"], curve["val_bound_trained"]))
     points = [
         {"step": s, "hours": round(h, 3), "val_bound": round(v, 3)}
+        | ({"val_bound_trained_weights": round(trained[s], 3)} if s in trained else {})
         for s, h, v in zip(curve["step"], curve["hours"], curve["val_bound"])
     ]
     print(json.dumps({"out": str(out), "validation": points}, indent=1))
