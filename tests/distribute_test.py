@@ -230,9 +230,14 @@ class MultiWorkerTest(tf.test.TestCase):
         self.assertEqual(sorted(p.name for p in workdir.parent.glob(f".{workdir.name}*")), [])
         self.assertFalse(list(workdir.parent.glob(".checkpoints*")))
         config = helpers.tiny_config("statistician")
+        # The workers' digest is of the trained weights; the config's weight average is
+        # what restore_model would load otherwise.
+        config.train.ema_decay = 0.0
         restored = workdir_lib.restore_model(config, workdir, "latest")
         self.assertEqual(restored.step, 4)
         self.assertEqual(distribute.weights_digest(restored.model.trainable_variables), digests[0])
+        config = helpers.tiny_config("statistician")
+        self.assertEqual(workdir_lib.restore_model(config, workdir, "latest").weights, "average")
         config.train.steps = 6
         self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 6)
 

@@ -58,7 +58,7 @@ class WeightAverageTest(tf.test.TestCase):
         config.train.steps = 3
         config.train.eval_every = 1
         workdir = self.create_tempdir().full_path
-        with self.assertLogs(level="INFO") as logs:
+        with self.assertLogs("absl", level="INFO") as logs:
             train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
         self.assertRegex("\n".join(logs.output), r"step 3  validation bound \S+ nats/image \(weight average; trained")
         curve = plots.read_curve(workdir)
@@ -93,11 +93,11 @@ class WeightAverageTest(tf.test.TestCase):
         workdir = self.create_tempdir().full_path
         train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
         config.train.ema_decay = 0.9
-        with self.assertLogs(level="WARNING") as logs:
+        with self.assertLogs("absl", level="WARNING") as logs:
             self.assertEqual(workdir_lib.restore_model(config, workdir, "latest").weights, "trained")
         self.assertIn("holds no weight average (train.ema_decay is set): using its trained weights", logs.output[0])
         config.train.steps = 4
-        with self.assertLogs(level="INFO") as logs:
+        with self.assertLogs("absl", level="INFO") as logs:
             self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 4)
         self.assertIn("holds no weight average: the average starts from its weights", "\n".join(logs.output))
         self.assertEqual(workdir_lib.restore_model(config, workdir, "latest").weights, "average")
