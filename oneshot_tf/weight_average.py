@@ -31,10 +31,17 @@ def averaged_variables(model) -> list:
     return [v for v in model.variables if tf.as_dtype(v.dtype).is_floating]
 
 
-def averages_checkpoint(variables) -> tf.train.Checkpoint:
-    """A checkpoint whose `weight_average/averages` are `variables` (tf.Variables):
-    saving it writes them as averages, restoring it reads averages into them."""
-    return tf.train.Checkpoint(**{CHECKPOINT_KEY: tf.train.Checkpoint(averages=list(variables))})
+def read_averages(prefix: str, variables, updates: tf.Variable | None = None) -> bool:
+    """Reads the averages saved in checkpoint `prefix` into `variables` (tf.Variables in
+    `averaged_variables` order) and, if given, the update count into `updates`. False,
+    with nothing read, when the checkpoint has no weight average."""
+    saved = {"averages": list(variables)} | ({"updates": updates} if updates is not None else {})
+    status = tf.train.Checkpoint(**{CHECKPOINT_KEY: tf.train.Checkpoint(**saved)}).restore(prefix).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        return False
+    return True
 
 
 class WeightAverage:
@@ -74,13 +81,10 @@ class WeightAverage:
         """Reads the averages saved in checkpoint `prefix`; False, with the averages
         restarted from the current weights, when it has none (a run trained without
         an average until now)."""
-        status = tf.train.Checkpoint(**{CHECKPOINT_KEY: self.checkpoint()}).restore(prefix).expect_partial()
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError:
-            self.restart()
-            return False
-        return True
+        if read_averages(prefix, self.averages, self.updates):
+            return True
+        self.restart()
+        return False
 
     @contextlib.contextmanager
     def applied(self):

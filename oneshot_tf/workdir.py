@@ -136,11 +136,9 @@ def restore_model(config, workdir, which: str | None = None) -> Restored:
     weights = "trained"
     if config.train.ema_decay:
         averaged = [v.value for v in weight_average.averaged_variables(model)]
-        status = weight_average.averages_checkpoint(averaged).restore(prefix).expect_partial()
-        try:
-            status.assert_existing_objects_matched()
+        if weight_average.read_averages(prefix, averaged):
             weights = "average"
-        except AssertionError:
+        else:
             logging.warning("%s holds no weight average (train.ema_decay is set): using its trained weights", prefix)
     logging.info("Restored %s (%s checkpoint, step %d, %s weights)", prefix, kind, int(step.numpy()), weights)
     return Restored(model, int(step.numpy()), kind, weights)
