@@ -86,18 +86,17 @@ class SequentialGenerativeModel(base.FewShotModel):
         self.empty_patch = self.add_weight(shape=(read_size * read_size,), initializer="zeros", name="empty_patch")
         self.canvas_bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(-3.0), name="canvas_bias")
 
-    def _read_support(self, hidden, support, slot_of, mask):
+    def _read_support(self, hidden, slots, mask):
         """v_s: attention over the support slots' patches read at the same place.
 
         Args:
           hidden: decoder state [N, H] of N sequences.
-          support: support drawings [M, 28, 28] (all sets, flattened).
-          slot_of: int32 [N, J - 1], the row of `support` each sequence's slot j reads.
+          slots: the drawings in each sequence's slots 1..J-1 [N, J - 1, 28, 28].
           mask: bool [N, J], visible slots (slot 0, the learned patch, always).
         """
         params = self.support_read(hidden)[:, None]  # [N, 1, 4]
-        patches = spatial_transformer.read(support, slot_of, params, self.read_size)  # [N, J-1, p, p]
-        patches = tf.reshape(patches, tf.concat([tf.shape(slot_of), [self.read_size**2]], 0))
+        patches = spatial_transformer.read(slots, params, self.read_size)  # [N, J-1, p, p]
+        patches = tf.reshape(patches, tf.concat([tf.shape(slots)[:2], [self.read_size**2]], 0))
         empty = tf.broadcast_to(self.empty_patch, tf.stack([tf.shape(hidden)[0], 1, self.read_size**2]))
         patches = tf.concat([tf.cast(empty, tf.float32), patches], axis=1)  # [N, J, p*p]
         scores = tf.einsum(
@@ -115,20 +114,18 @@ class SequentialGenerativeModel(base.FewShotModel):
         num = tf.shape(slot_of)[0]
         zeros = tf.zeros(tf.stack([num, self.hidden_size]), self.decoder_cell.compute_dtype)
         prior = layers.standard_normal(self.latent_size)
-        index = tf.range(num)
+        slots = tf.gather(support, slot_of)  # [N, J-1, 28, 28], read at every step.
         step_seeds = tf.random.experimental.stateless_split(seed, self.num_steps)
 
         def step(s, decoder_state, encoder_state, canvas, log_ratio):
             hidden = tf.cast(decoder_state[0], tf.float32)
-            read = self._read_support(hidden, support, slot_of, mask)
+            read = self._read_support(hidden, slots, mask)
             if targets is None:
                 z = prior.sample(num, seed=step_seeds[s])
             else:
                 error = targets - tf.sigmoid(canvas + self.canvas_bias)
                 params = self.target_read(hidden)
-                glimpse = spatial_transformer.read(
-                    tf.concat([targets, error], 0), tf.stack([index, index + num], 1), params[:, None], self.read_size
-                )
+                glimpse = spatial_transformer.read(tf.stack([targets, error], 1), params[:, None], self.read_size)
                 glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
                 encoder_out, encoder_state = self.encoder_cell(tf.concat([glimpse, read, hidden], -1), encoder_state)
                 posterior = self.posterior(encoder_out)
