@@ -8,9 +8,8 @@ grid point (v, u) is k(py_v - y) k(px_u - x) with the tent k(d) = max(0, 1 - |d|
 so sampling is two matrix products, K_y @ image @ K_x^T, as DRAW's filterbanks
 (Gregor et al. 2015) but with the tent in place of a Gaussian. Pixels outside the
 image have no column in K, which is zero padding. Matrix products, and their
-gradients, run as fast batched kernels on every device; the gather form (four
-corner lookups per point) spent the sequential model's step in gathers and their
-scatter-add gradients.
+gradients, run as batched kernels on every device, in place of four corner
+lookups per point (gathers, with scatter-add gradients).
 """
 
 import tensorflow as tf
