@@ -96,6 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Episodes per evaluation batch and importance samples per chunk (memory vs speed).
     config.eval.batch_size = 50
     config.eval.chunk_size = 250
+    # Models that score a set jointly (the statistician) also report log p(x_1..x_n) / n
+    # of the first n items of each episode, K = num_samples over all the set's latents
+    # (SPEC §3's set-level anchors use sets of 5); 0 skips it.
+    config.eval.joint_set_size = 5
     # Also score every test drawing unconditionally with test_num_samples (Burda's protocol).
     config.eval.all_test_images = False
     config.eval.test_num_samples = 5000

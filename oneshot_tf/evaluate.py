@@ -6,6 +6,13 @@ of one test character, random order), position t is scored given x_<t,
 with K samples from the model's recognition network (accumulated in chunks by a
 running log-sum-exp, so K = 1000 or 5000 fits in memory). Reported per t: the mean
 over episodes, its standard error, and bits/dim = -nats / (784 ln 2).
+
+Joint log-likelihood of a set (models with `joint_set_scoring`): the first n items of
+each episode scored together, log p(x_1..x_n) ~= log (1/K) sum_k p(X, latents_k) /
+q(latents_k | X), a bound that tightens with K, reported per item beside the mean of
+t = 1..n. For exact densities the two are equal (chain rule); the statistician's
+per-shot column scores x_t under q(c | x_<t) in place of p(c | x_<t), so its mean is
+not a bound on the joint and the two differ.
 """
 
 import math
@@ -56,28 +63,66 @@ def per_shot_log_probs(
     Returns:
       float64 [episodes, T], in nats.
     """
+    return _importance_sampled(
+        _chunk_logsumexp(model, "per_shot_log_weights"),
+        images,
+        num_samples=num_samples,
+        seed=seed,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        log_every_secs=log_every_secs,
+        what=f"episodes x {images.shape[1]} positions",
+    )
+
+
+def set_log_probs(model, sets: np.ndarray, **scoring) -> np.ndarray:
+    """Importance-sampled joint log p(x_1..x_n) of every set, for models that declare
+    `joint_set_scoring`.
+
+    Args:
+      sets: float32 [sets, n, 28, 28, 1].
+      **scoring: num_samples, seed, batch_size (sets per call), chunk_size,
+        log_every_secs, as for per_shot_log_probs.
+
+    Returns:
+      float64 [sets], in nats (the whole set's, not per item).
+    """
+    if not model.joint_set_scoring:
+        raise errors.ConfigError(f"{type(model).__name__} does not score sets jointly")
+    return _importance_sampled(
+        _chunk_logsumexp(model, "set_log_weights"), sets, what=f"sets of {sets.shape[1]} jointly", **scoring
+    )
+
+
+def _importance_sampled(
+    chunk_logsumexp, images, *, num_samples, seed, what, batch_size=50, chunk_size=250, log_every_secs=30.0
+) -> np.ndarray:
+    """log (1/K) sum_k w_k for every row of `images`, the K log-weights drawn in chunks
+    (`chunk_logsumexp(batch, chunk, seed)` -> logsumexp of a chunk's) and combined by a
+    running log-sum-exp, so K = 1000 or 5000 fits in memory. Logs progress every
+    `log_every_secs`. Returns float64 with the chunk function's result shape per row."""
     if num_samples < 1:
         raise errors.ConfigError(f"num_samples must be >= 1, got {num_samples}")
     chunks = [min(chunk_size, num_samples - c) for c in range(0, num_samples, chunk_size)]
-    chunk_logsumexp = _chunk_logsumexp(model)
     results = []
     start = last_log = time.time()
     for b, i in enumerate(range(0, len(images), batch_size)):
         batch = tf.constant(images[i : i + batch_size])
         batch_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0]), b)
-        acc = tf.fill(tf.shape(batch)[:2], -np.inf)
+        acc = None
         for c, chunk in enumerate(chunks):
             chunk_seed = tf.random.experimental.stateless_fold_in(batch_seed, c)
-            acc = tf.experimental.numpy.logaddexp(acc, chunk_logsumexp(batch, chunk, chunk_seed))
+            scores = chunk_logsumexp(batch, chunk, chunk_seed)
+            acc = scores if acc is None else tf.experimental.numpy.logaddexp(acc, scores)
         results.append(acc.numpy().astype(np.float64) - math.log(num_samples))
         done = i + len(batch)
         if time.time() - last_log > log_every_secs or done == len(images):
             elapsed = time.time() - start
             logging.info(
-                "scored %d/%d episodes x %d positions, K=%d  %.1fs  ETA %.0fs",
+                "scored %d/%d %s, K=%d  %.1fs  ETA %.0fs",
                 done,
                 len(images),
-                images.shape[1],
+                what,
                 num_samples,
                 elapsed,
                 elapsed / done * (len(images) - done),
@@ -99,21 +144,22 @@ def configured_log_probs(model, eval_config, images: np.ndarray, *, num_samples=
     )
 
 
-# One traced scorer per model, so calling per_shot_log_probs again does not trace again.
+# One traced scorer per (model, method), so scoring again does not trace again.
 _CHUNK_SCORERS = weakref.WeakKeyDictionary()
 
 
-def _chunk_logsumexp(model):
-    """tf.function (episodes [B, T, ...], K, seed) -> logsumexp over K of the log-weights [B, T]."""
-    if model not in _CHUNK_SCORERS:
+def _chunk_logsumexp(model, method: str):
+    """tf.function (batch, K, seed) -> logsumexp over K of `model.<method>(batch, K, seed)`."""
+    scorers = _CHUNK_SCORERS.setdefault(model, {})
+    if method not in scorers:
         # A weak reference: the cached function must not keep its key (the model) alive.
         model_ref = weakref.ref(model)
-        _CHUNK_SCORERS[model] = tf.function(
+        scorers[method] = tf.function(
             lambda batch, chunk, chunk_seed: tf.reduce_logsumexp(
-                model_ref().per_shot_log_weights(batch, chunk, chunk_seed), axis=0
+                getattr(model_ref(), method)(batch, chunk, chunk_seed), axis=0
             )
         )
-    return _CHUNK_SCORERS[model]
+    return scorers[method]
 
 
 def mean_of_first(log_probs: np.ndarray, num_positions: int = 5) -> dict:
@@ -183,7 +229,8 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     model, step, checkpoint, weights = restored or workdir_lib.restore_model(config, workdir)
     splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
     start = time.time()
-    log_probs = configured_log_probs(model, config.eval, protocol_episodes(config.eval, splits["test"]))
+    test_episodes = protocol_episodes(config.eval, splits["test"])
+    log_probs = configured_log_probs(model, config.eval, test_episodes)
     result = {
         "model": config.model,
         "source": omniglot.resolve_source(config.data.source, data_dir),
@@ -202,6 +249,25 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "mean_t1_to_5": mean_of_first(log_probs, 5),
         "seconds": round(time.time() - start, 1),
     }
+    set_size = min(config.eval.joint_set_size, config.eval.set_size)
+    if set_size and model.joint_set_scoring:
+        start = time.time()
+        joint = set_log_probs(
+            model,
+            test_episodes[:, :set_size],
+            num_samples=config.eval.num_samples,
+            seed=config.eval.seed,
+            batch_size=config.eval.batch_size,
+            chunk_size=config.eval.chunk_size,
+        )
+        mean, stderr = _mean_and_stderr(joint / set_size)
+        result["joint_set"] = {
+            "set_size": set_size,
+            "log_prob_per_item": round(mean, 4),
+            "stderr": round(stderr, 4),
+            "estimator": "log (1/K) sum_k p(X, latents_k) / q(latents_k | X), over the first items of each episode",
+            "seconds": round(time.time() - start, 1),
+        }
     if config.eval.all_test_images:
         every_image = episodes.all_images(splits["test"])[:, None]
         start = time.time()
@@ -259,6 +325,15 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     logging.info(
         "mean of t=1..5: %.2f +- %.2f nats (joint log p of a set of 5, over 5)", mean5["log_prob"], mean5["stderr"]
     )
+    if "joint_set" in result:
+        joint = result["joint_set"]
+        logging.info(
+            "joint log p of sets of %d, over %d: %.2f +- %.2f nats",
+            joint["set_size"],
+            joint["set_size"],
+            joint["log_prob_per_item"],
+            joint["stderr"],
+        )
     if "test_images" in result:
         logging.info(
             "all %d test images, K=%d: %.2f +- %.2f nats",

@@ -42,6 +42,7 @@ class EndToEndTest(tf.test.TestCase):
         self.assertAllClose(
             result["mean_t1_to_5"]["log_prob"], np.mean([row["log_prob"] for row in result["per_shot"][:5]]), atol=1e-3
         )
+        self.assertNotIn("joint_set", result)  # The IWAE does not score sets jointly.
         figure = tf.io.decode_png((workdir / "per_shot.png").read_bytes())
         self.assertGreater(figure.shape[0], 200)
         curve = plots.read_curve(workdir)
@@ -100,6 +101,10 @@ class EndToEndTest(tf.test.TestCase):
         main.run_modes("eval", config, workdir, helpers.DATA_DIR)
         result = json.loads((workdir / "eval.json").read_text())
         self.assertIn("sampled from q(c | x_<t) jointly with z", result["estimator"])
+        joint = result["joint_set"]
+        self.assertEqual(joint["set_size"], 5)
+        self.assertTrue(np.isfinite(joint["log_prob_per_item"]) and joint["log_prob_per_item"] < 0)
+        self.assertGreater(joint["stderr"], 0)
         errors = result["classification"]
         for key in (
             "lake_20way_1shot_error",

@@ -10,7 +10,8 @@ A model provides three methods:
 From these, `log_prob` (the importance-sampled log p(query | support)),
 `per_shot_log_weights` (all positions of an episode) and `sample` follow. Models
 that can score all positions of an episode in one pass override
-`per_shot_log_weights`.
+`per_shot_log_weights`. Models with a posterior over a whole set's latents may
+also score a set jointly (`set_log_weights`, declared by `joint_set_scoring`).
 
 Images are float32 [..., 28, 28, 1] in [0, 1], ink = 1.0; `support` is
 [batch, shots, 28, 28, 1] with shots >= 0.
@@ -51,6 +52,9 @@ class FewShotModel(keras.Model):
     #: True when `elbo_terms` splits the bound into its log-likelihood and KL terms
     #: (needed by `train.likelihood_weight_period`).
     separable_elbo = False
+    #: True when `set_log_weights` scores a whole set jointly, log p(x_1..x_n), with a
+    #: proposal over all of the set's latents (the set-level protocol of SPEC §3).
+    joint_set_scoring = False
 
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Training bound per set, in nats.
@@ -86,6 +90,23 @@ class FewShotModel(keras.Model):
           float32 [K, batch].
         """
         raise NotImplementedError
+
+    def set_log_weights(self, sets: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        """Importance log-weights of whole sets: log p(X, latents_k) - log q(latents_k | X).
+
+        Their log-mean-exp over K is a stochastic lower bound on log p(x_1..x_n) that
+        tightens as K grows; K = 1 gives the training bound's estimate. Only models that
+        declare `joint_set_scoring` implement it.
+
+        Args:
+          sets: [batch, set_size, 28, 28, 1].
+          num_samples: K.
+          seed: int32 [2].
+
+        Returns:
+          float32 [K, batch].
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not score sets jointly (joint_set_scoring is False)")
 
     def sample_probs(self, support: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Bernoulli means of one new drawing per support set: [batch, 28, 28, 1]."""

@@ -14,6 +14,9 @@ Conditional density for the per-shot table (SPEC §3): c is drawn from q(c | x_<
 jointly with z inside the K importance samples,
   log p(x_t | x_<t) ~= log 1/K sum_k p(x_t | z_k, c_k) p(z_k | c_k) / q(z_k | x_t, c_k),
   c_k ~ q(c | x_<t) (p(c) when t = 1), z_k ~ q(z | x_t, c_k).
+Joint density of a set (SPEC §3's set-level anchors), a bound that tightens with K:
+  log p(D) ~= log 1/K sum_k p(c_k) prod_i p(x_i | z_ik, c_k) p(z_ik | c_k) / q(z_ik | x_i, c_k)
+              / q(c_k | D),  c_k ~ q(c | D), z_ik ~ q(z | x_i, c_k).
 
 #### References
 [1] Edwards & Storkey. Towards a Neural Statistician. ICLR 2017. arXiv:1606.02185
@@ -261,6 +264,7 @@ class NeuralStatistician(base.FewShotModel):
     )
     one_pass_scoring = True
     separable_elbo = True
+    joint_set_scoring = True
 
     def __init__(
         self,
@@ -371,11 +375,38 @@ class NeuralStatistician(base.FewShotModel):
         features = self._encode(batch, training)  # [B, T, F]
         q_c = self.statistic(features, training=training)
         context = q_c.sample(seed=c_seed)  # [B, C]
-        items_context = tf.broadcast_to(context[:, None], tf.concat([tf.shape(features)[:2], [self.context_size]], 0))
-        latents, kl_z = self._latents(features, items_context, z_seed, training)
-        log_likelihood = self._likelihood(latents, items_context, training).log_prob(batch)  # [B, T]
+        log_likelihood, kl_z = self._items_given_context(features, batch, context, z_seed, training)  # [B, T]
         kl_c = tfd.kl_divergence(q_c, layers.standard_normal(self.context_size))
         return tf.reduce_sum(log_likelihood, axis=1), tf.reduce_sum(kl_z, axis=1) + kl_c
+
+    def _items_given_context(self, features, sets, context, seed, training: bool) -> tuple:
+        """Every item's log p(x_i | z_i, c) and log q(z_i | h_i, c) - log p(z_i | c), z_i ~ q.
+
+        Args:
+          features: encoder features [batch, T, F].
+          sets: [batch, T, 28, 28, 1].
+          context: c [..., batch, C], one per set (leading sample dims allowed).
+
+        Returns:
+          Two float32 [..., batch, T].
+        """
+        items_shape = tf.concat([tf.shape(context)[:-1], tf.shape(features)[1:2]], 0)  # [..., batch, T]
+        items_context = tf.broadcast_to(context[..., None, :], tf.concat([items_shape, [self.context_size]], 0))
+        features = tf.broadcast_to(features, tf.concat([items_shape, tf.shape(features)[-1:]], 0))
+        latents, log_q_minus_log_p = self._latents(features, items_context, seed, training)
+        return self._likelihood(latents, items_context, training).log_prob(sets), log_q_minus_log_p
+
+    def set_log_weights(self, sets: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
+        """c_k ~ q(c | X), z_ik ~ q(z | h_i, c_k): log p(c_k) - log q(c_k | X)
+        + sum_i [log p(x_i | z_ik, c_k) + log p(z_ik | c_k) - log q(z_ik | h_i, c_k)], [K, batch]."""
+        base.check_images(sets, 5, "sets")
+        c_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        features = self._encode(sets, False)
+        q_c = self.statistic(features)
+        context = q_c.sample(num_samples, seed=c_seed)  # [K, B, C]
+        log_likelihood, log_q_minus_log_p = self._items_given_context(features, sets, context, z_seed, False)
+        log_prior_ratio = layers.standard_normal(self.context_size).log_prob(context) - q_c.log_prob(context)
+        return tf.reduce_sum(log_likelihood - log_q_minus_log_p, axis=-1) + log_prior_ratio
 
     def _log_weights_given_context(self, features, query, q_c, num_samples, seed) -> tf.Tensor:
         """Joint importance weights: c_k ~ q_c, z_k ~ q(z | h, c_k). Shapes [K, ...]."""

@@ -1,13 +1,16 @@
-"""Neural Statistician specifics: order-free context, one-pass prefixes."""
+"""Neural Statistician specifics: order-free context, one-pass prefixes, joint set weights."""
 
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 from absl.testing import absltest
 
 from oneshot_tf import precision
 from oneshot_tf.models import layers, statistician
 from tests import helpers
+
+tfd = tfp.distributions
 
 
 class StatisticianTest(tf.test.TestCase):
@@ -46,6 +49,32 @@ class StatisticianTest(tf.test.TestCase):
         kls = [model.elbo_terms(sets, tf.constant([s, 0]))[1] for s in range(20)]
         self.assertGreater(float(tf.reduce_mean(kls)), 0.0)
         self.assertEqual(log_likelihood.shape, (3,))
+
+    def test_one_sample_set_weight_is_the_bound_with_a_sampled_context_kl(self):
+        # With K = 1 and the bound's seed, the set's log-weight draws the same c and z as
+        # the bound; it differs from it only in taking log q(c | X) - log p(c) at that c
+        # in place of KL(q(c | X) || p(c)).
+        model = helpers.tiny_model("statistician")
+        sets = helpers.random_images([3, 4, 28, 28, 1])
+        seed = tf.constant([5, 6])
+        log_likelihood, kl = model.elbo_terms(sets, seed)
+        q_c = model.context_posterior(sets)
+        context = q_c.sample(seed=tf.random.experimental.stateless_split(seed, 2)[0])
+        prior = layers.standard_normal(model.context_size)
+        expected = log_likelihood - kl + tfd.kl_divergence(q_c, prior) + prior.log_prob(context) - q_c.log_prob(context)
+        weights = model.set_log_weights(sets, 1, seed)
+        self.assertEqual(weights.shape, (1, 3))
+        self.assertAllClose(weights[0], expected, rtol=1e-5)
+
+    def test_set_weights_draw_a_context_per_sample(self):
+        model = helpers.tiny_model("statistician")
+        sets = helpers.random_images([2, 3, 28, 28, 1])
+        weights = model.set_log_weights(sets, 6, tf.constant([1, 2]))
+        self.assertEqual(weights.shape, (6, 2))
+        self.assertTrue(np.all(np.isfinite(weights)))
+        # One c (and z) per sample: K distinct weights; another seed, other weights.
+        self.assertLen(np.unique(weights.numpy()[:, 0]), 6)
+        self.assertNotAllClose(model.set_log_weights(sets, 6, tf.constant([1, 3])), weights)
 
     def test_normalized_log_variance_head(self):
         model = helpers.tiny_model("statistician", gaussian_head="normalized_log_variance")
