@@ -12,6 +12,7 @@ from absl.testing import absltest
 
 from oneshot_tf import errors, main, models, plots, precision, train
 from oneshot_tf import workdir as workdir_lib
+from oneshot_tf.data import omniglot
 from tests import helpers
 
 
@@ -265,6 +266,16 @@ class EndToEndTest(tf.test.TestCase):
         config.train.grad_clip_norm, config.train.grad_clip_value = 1.0, 0.5
         with self.assertRaisesRegex(errors.ConfigError, "at most one of train.grad_clip_norm"):
             train.Trainer(config)
+
+    def test_turns_on_the_vinyals_split_are_a_config_error(self):
+        config = helpers.tiny_config("gmn")  # Turns and flips on.
+        config.data.split = "vinyals"
+        characters = omniglot.CharacterSet(("A/character01/rot000",), np.zeros([1, 20, 28, 28], np.uint8))
+        with self.assertRaisesRegex(errors.ConfigError, "already include every rotation"):
+            train.training_data(config, characters)
+        config.data.augment_turns = False
+        augmented, _ = train.training_data(config, characters)
+        self.assertEqual(augmented.names, ("A/character01/rot000/rot000", "A/character01/rot000/rot000/flip"))
 
     def test_same_seed_same_run(self):
         results = []
