@@ -166,11 +166,11 @@ def mean_of_first(log_probs: np.ndarray, num_positions: int = 5) -> dict:
     """Mean over episodes of the mean of positions 1..num_positions, with its standard
     error: by the chain rule the joint log-likelihood of a set of that size over its size
     (SPEC §3's set-level anchors)."""
-    mean, stderr = _mean_and_stderr(log_probs[:, :num_positions].mean(axis=1))
+    mean, stderr = mean_and_stderr(log_probs[:, :num_positions].mean(axis=1))
     return {"positions": min(num_positions, log_probs.shape[1]), "log_prob": round(mean, 4), "stderr": round(stderr, 4)}
 
 
-def _mean_and_stderr(values: np.ndarray) -> tuple:
+def mean_and_stderr(values: np.ndarray) -> tuple:
     """Mean and standard error of the mean (NaN for a single value)."""
     stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return float(values.mean()), stderr
@@ -180,7 +180,7 @@ def summarize(log_probs: np.ndarray) -> list:
     """Per-position mean, standard error and bits/dim of log_probs [episodes, T]."""
     rows = []
     for t in range(log_probs.shape[1]):
-        mean, stderr = _mean_and_stderr(log_probs[:, t])
+        mean, stderr = mean_and_stderr(log_probs[:, t])
         rows.append(
             {
                 "t": t + 1,
@@ -260,7 +260,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             batch_size=config.eval.batch_size,
             chunk_size=config.eval.chunk_size,
         )
-        mean, stderr = _mean_and_stderr(joint / set_size)
+        mean, stderr = mean_and_stderr(joint / set_size)
         result["joint_set"] = {
             "set_size": set_size,
             "log_prob_per_item": round(mean, 4),
