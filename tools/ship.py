@@ -55,6 +55,14 @@ def main(argv):
         shutil.copy(grids[-1], staging / "samples.png")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = " | ".join(f"{r['log_prob']:.2f}" for r in result["per_shot"])
+    joint = result.get("joint_set")
+    joint_line = (
+        f"- Joint log p of sets of {joint['set_size']} (the episodes' first drawings), importance-sampled over all "
+        f"the set's latents, K = {result['num_samples']}: {joint['log_prob_per_item']:.2f} +- {joint['stderr']:.2f} "
+        "nats per drawing\n"
+        if joint
+        else ""
+    )
     (staging / "PROVENANCE.md").write_text(
         f"# pretrained/{name}\n\n"
         f"- Checkpoint: step {result['checkpoint_step']} ({result['checkpoint']} checkpoint of the run)\n"
@@ -65,6 +73,7 @@ def main(argv):
         f"- Precision of the evaluation: {result['precision']}\n"
         f"- Per-shot log p(x_t | x_<t), t = 1..10, {result['episodes']} test episodes, K = {result['num_samples']}: "
         f"{rows} nats; mean of t = 1..5: {result['mean_t1_to_5']['log_prob']:.2f}\n"
+        + joint_line
         + (f"- {_NOTES.value}\n" if _NOTES.value else "")
         + "\nUse: `python -m oneshot_tf.main --model="
         + name
