@@ -323,7 +323,9 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         )
     mean5 = result["mean_t1_to_5"]
     logging.info(
-        "mean of t=1..5: %.2f +- %.2f nats (by the chain rule, log p of a set of 5, over 5)", mean5["log_prob"], mean5["stderr"]
+        "mean of t=1..5: %.2f +- %.2f nats (by the chain rule, log p of a set of 5, over 5)",
+        mean5["log_prob"],
+        mean5["stderr"],
     )
     if "joint_set" in result:
         joint = result["joint_set"]
