@@ -131,17 +131,36 @@ def _importance_sampled(
     return np.concatenate(results)
 
 
+def _configured_scoring(eval_config, num_samples=None, seed=None) -> dict:
+    """The K, seed, batch and chunk sizes of an eval config (`num_samples` / `seed`
+    override the config's), as keyword arguments of the scorers."""
+    return {
+        "num_samples": eval_config.num_samples if num_samples is None else num_samples,
+        "seed": eval_config.seed if seed is None else seed,
+        "batch_size": eval_config.batch_size,
+        "chunk_size": eval_config.chunk_size,
+    }
+
+
 def configured_log_probs(model, eval_config, images: np.ndarray, *, num_samples=None, seed=None) -> np.ndarray:
     """per_shot_log_probs with the K, seed, batch and chunk sizes of an eval config
     (`num_samples` / `seed` override the config's); float64 [episodes, T]."""
-    return per_shot_log_probs(
-        model,
-        images,
-        num_samples=eval_config.num_samples if num_samples is None else num_samples,
-        seed=eval_config.seed if seed is None else seed,
-        batch_size=eval_config.batch_size,
-        chunk_size=eval_config.chunk_size,
-    )
+    return per_shot_log_probs(model, images, **_configured_scoring(eval_config, num_samples, seed))
+
+
+def joint_set_summary(model, eval_config, sets: np.ndarray, *, num_samples=None) -> dict:
+    """set_log_probs of `sets` [sets, n, 28, 28, 1] with the eval config's K (or
+    `num_samples`), seed, batch and chunk sizes, summarised per drawing:
+    {"set_size": n, "log_prob_per_item", "stderr" (over sets), "seconds"}."""
+    start = time.time()
+    joint = set_log_probs(model, sets, **_configured_scoring(eval_config, num_samples))
+    mean, stderr = _mean_and_stderr(joint / sets.shape[1])
+    return {
+        "set_size": sets.shape[1],
+        "log_prob_per_item": round(mean, 4),
+        "stderr": round(stderr, 4),
+        "seconds": round(time.time() - start, 1),
+    }
 
 
 # One traced scorer per (model, method), so scoring again does not trace again.
@@ -166,11 +185,11 @@ def mean_of_first(log_probs: np.ndarray, num_positions: int = 5) -> dict:
     """Mean over episodes of the mean of positions 1..num_positions, with its standard
     error: by the chain rule the joint log-likelihood of a set of that size over its size
     (SPEC §3's set-level anchors)."""
-    mean, stderr = mean_and_stderr(log_probs[:, :num_positions].mean(axis=1))
+    mean, stderr = _mean_and_stderr(log_probs[:, :num_positions].mean(axis=1))
     return {"positions": min(num_positions, log_probs.shape[1]), "log_prob": round(mean, 4), "stderr": round(stderr, 4)}
 
 
-def mean_and_stderr(values: np.ndarray) -> tuple:
+def _mean_and_stderr(values: np.ndarray) -> tuple:
     """Mean and standard error of the mean (NaN for a single value)."""
     stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return float(values.mean()), stderr
@@ -180,7 +199,7 @@ def summarize(log_probs: np.ndarray) -> list:
     """Per-position mean, standard error and bits/dim of log_probs [episodes, T]."""
     rows = []
     for t in range(log_probs.shape[1]):
-        mean, stderr = mean_and_stderr(log_probs[:, t])
+        mean, stderr = _mean_and_stderr(log_probs[:, t])
         rows.append(
             {
                 "t": t + 1,
@@ -251,22 +270,9 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     }
     set_size = min(config.eval.joint_set_size, config.eval.set_size)
     if set_size and model.joint_set_scoring:
-        start = time.time()
-        joint = set_log_probs(
-            model,
-            test_episodes[:, :set_size],
-            num_samples=config.eval.num_samples,
-            seed=config.eval.seed,
-            batch_size=config.eval.batch_size,
-            chunk_size=config.eval.chunk_size,
-        )
-        mean, stderr = mean_and_stderr(joint / set_size)
         result["joint_set"] = {
-            "set_size": set_size,
-            "log_prob_per_item": round(mean, 4),
-            "stderr": round(stderr, 4),
+            **joint_set_summary(model, config.eval, test_episodes[:, :set_size]),
             "estimator": "log (1/K) sum_k p(X, latents_k) / q(latents_k | X), over the first items of each episode",
-            "seconds": round(time.time() - start, 1),
         }
     if config.eval.all_test_images:
         every_image = episodes.all_images(splits["test"])[:, None]

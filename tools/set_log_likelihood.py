@@ -12,7 +12,6 @@ K = 100 of a quick evaluation sits from K = 1000. Prints one JSON line per K (ap
 """
 
 import json
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -47,28 +46,16 @@ def main(argv):
         raise app.UsageError(f"{config.model} does not score sets jointly; its per-shot table's mean is the joint")
     sets = evaluate.protocol_episodes(config.eval, splits["test"])[: _SETS.value, : _SET_SIZE.value]
     for num_samples in [int(k) for k in _NUM_SAMPLES.value]:
-        start = time.time()
-        joint = evaluate.set_log_probs(
-            restored.model,
-            sets,
-            num_samples=num_samples,
-            seed=config.eval.seed,
-            batch_size=config.eval.batch_size,
-            chunk_size=config.eval.chunk_size,
-        )
-        mean, stderr = evaluate.mean_and_stderr(joint / _SET_SIZE.value)
+        summary = evaluate.joint_set_summary(restored.model, config.eval, sets, num_samples=num_samples)
         line = {
             "step": restored.step,
             "weights": restored.weights,
             "sets": len(sets),
-            "set_size": _SET_SIZE.value,
             "num_samples": num_samples,
-            "log_prob_per_item": round(mean, 4),
-            "stderr": round(stderr, 4),
-            "seconds": round(time.time() - start, 1),
+            **summary,
         }
         print(json.dumps(line), flush=True)
-        logging.info("K=%d: %.2f +- %.2f nats per item", num_samples, mean, stderr)
+        logging.info("K=%d: %.2f +- %.2f nats per item", num_samples, summary["log_prob_per_item"], summary["stderr"])
         if _OUT.value:
             with open(_OUT.value, "a") as f:
                 f.write(json.dumps(line) + "\n")
