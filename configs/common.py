@@ -45,11 +45,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     # Total optimizer steps.
     config.train.steps = 100_000
-    # Peak Adam learning rate and its schedule: constant | cosine | exponential | burda.
+    # Peak Adam learning rate and its schedule: constant | cosine | cosine_tail |
+    # exponential | burda.
     config.train.learning_rate = 1e-3
     config.train.schedule = "constant"
     # Linear warm-up of the learning rate over the first steps (any schedule); 0: none.
     config.train.warmup_steps = 0
+    # cosine_tail: constant until this step, then a cosine decay to 0 at train.steps.
+    config.train.decay_start = 0
     # exponential: multiply by decay_rate every decay_steps.
     config.train.decay_rate = 0.5
     config.train.decay_steps = 50_000

@@ -23,7 +23,7 @@ from oneshot_tf import distribute, errors, evaluate, models, weight_average
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
-SCHEDULES = ("constant", "cosine", "exponential", "burda")
+SCHEDULES = ("constant", "cosine", "cosine_tail", "exponential", "burda")
 
 
 class Interrupted(Exception):
@@ -55,6 +55,24 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+class CosineTail(keras.optimizers.schedules.LearningRateSchedule):
+    """`learning_rate` until `decay_start`, then a cosine decay to 0 at `steps`: a run
+    at a constant rate can go on to an annealed end from any of its checkpoints."""
+
+    def __init__(self, learning_rate: float, decay_start: int, steps: int):
+        self.learning_rate = learning_rate
+        self.decay_start = decay_start
+        self.steps = steps
+
+    def __call__(self, step):
+        progress = (tf.cast(step, tf.float32) - self.decay_start) / (self.steps - self.decay_start)
+        progress = tf.clip_by_value(progress, 0.0, 1.0)
+        return self.learning_rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "decay_start": self.decay_start, "steps": self.steps}
+
+
 def make_schedule(train_config):
     """The learning rate schedule of `train_config` (a float for `constant` without warm-up)."""
     schedule = _decay(train_config)
@@ -70,6 +88,12 @@ def _decay(train_config):
         return lr
     if train_config.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
+    if train_config.schedule == "cosine_tail":
+        if not 0 <= train_config.decay_start < steps:
+            raise errors.ConfigError(
+                f"train.decay_start must be in [0, train.steps = {steps}) for cosine_tail, got {train_config.decay_start}"
+            )
+        return CosineTail(lr, train_config.decay_start, steps)
     if train_config.schedule == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(lr, train_config.decay_steps, train_config.decay_rate)
     if train_config.schedule == "burda":
@@ -87,6 +111,33 @@ def make_optimizer(train_config) -> keras.optimizers.Optimizer:
     """Adam with the configured schedule; the Trainer clips gradients itself, after
     summing them over replicas."""
     return keras.optimizers.Adam(learning_rate=make_schedule(train_config), epsilon=train_config.adam_epsilon)
+
+
+_SAVED_LEARNING_RATE = "optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def optimizer_as_saved(optimizer: keras.optimizers.Optimizer, prefix: str):
+    """`optimizer`, or a view of its variables laid out as in the checkpoint at `prefix`.
+
+    Keras keeps a float learning rate as the second of an optimizer's variables (after
+    the step count) and a schedule as none, so a run resumed with the other kind (a
+    constant rate, then `cosine_tail`) finds every moment one index off. The view puts
+    the step count and moments at the saved indices; a saved rate is read into a
+    throw-away variable (the schedule decides), a missing one leaves the configured rate.
+    """
+    saved_rate = any(name == _SAVED_LEARNING_RATE for name, _ in tf.train.list_variables(prefix))
+    has_rate = isinstance(optimizer.learning_rate, keras.Variable)
+    if saved_rate == has_rate:
+        return optimizer
+    iterations, *rest = [v.value for v in optimizer.variables]
+    view = tf.Module()
+    view._iterations = iterations
+    if saved_rate:
+        view._learning_rate = tf.Variable(0.0, trainable=False)
+        view._variables = [iterations, view._learning_rate, *rest]
+    else:
+        view._variables = [iterations, *rest[1:]]
+    return view
 
 
 def likelihood_weight(step: tf.Tensor, period: int) -> tf.Tensor:
@@ -207,10 +258,13 @@ class Trainer:
             )
         self._train_steps = self._make_train_steps()
 
-    def checkpoint(self, with_average: bool = True) -> tf.train.Checkpoint:
+    def checkpoint(self, with_average: bool = True, layout_of: str | None = None) -> tf.train.Checkpoint:
         """What a checkpoint holds: the model, optimizer, step, best validation bound and
-        (when train.ema_decay is set, unless `with_average` is False) the weight average."""
-        others = {"optimizer": self.optimizer, "step": self.step, "best_val_bound": self.best_val_bound}
+        (when train.ema_decay is set, unless `with_average` is False) the weight average.
+        With `layout_of`, a checkpoint prefix, the optimizer is laid out as it is there
+        (`optimizer_as_saved`), to restore from it."""
+        optimizer = self.optimizer if layout_of is None else optimizer_as_saved(self.optimizer, layout_of)
+        others = {"optimizer": optimizer, "step": self.step, "best_val_bound": self.best_val_bound}
         if self.average and with_average:
             others[weight_average.CHECKPOINT_KEY] = self.average.checkpoint()
         return workdir_lib.make_checkpoint(self.model, **others)
@@ -220,7 +274,9 @@ class Trainer:
         weight average saved with it; a checkpoint without one (written before
         train.ema_decay was set) starts the average from its weights. Returns the
         prefix, or None when `prefixes` is empty."""
-        prefix = workdir_lib.restore_newest_readable(self.checkpoint(with_average=False), prefixes)
+        prefix = workdir_lib.restore_newest_readable(
+            lambda candidate: self.checkpoint(with_average=False, layout_of=candidate), prefixes
+        )
         if prefix and self.average and not self.average.restore(prefix):
             logging.info("%s holds no weight average: the average starts from its weights", prefix)
         return prefix

@@ -77,10 +77,10 @@ def find_checkpoint(workdir, which: str = "latest") -> tuple:
     return latest, "latest"
 
 
-def restore_newest_readable(checkpoint: tf.train.Checkpoint, prefixes) -> str | None:
+def restore_newest_readable(checkpoint_for, prefixes) -> str | None:
     """Restores the newest readable checkpoint of `prefixes` (oldest first, as
-    CheckpointManager.checkpoints lists them) into `checkpoint`; returns its prefix, or
-    None when `prefixes` is empty.
+    CheckpointManager.checkpoints lists them) into `checkpoint_for(prefix)`, a
+    tf.train.Checkpoint; returns its prefix, or None when `prefixes` is empty.
 
     An unreadable checkpoint (truncated, a file missing, not matching the model) is
     skipped with a warning naming it; if none is readable, CheckpointError names them.
@@ -89,7 +89,7 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, prefixes) -> str | 
     failures = []
     for prefix in reversed(prefixes):
         try:
-            checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+            checkpoint_for(prefix).restore(prefix).expect_partial().assert_existing_objects_matched()
         except (
             tf.errors.OpError,
             OSError,
@@ -130,7 +130,7 @@ def restore_model(config, workdir, which: str | None = None) -> Restored:
     candidates = checkpoint_prefixes(pathlib.Path(prefix).parent) or [prefix]
     if kind == "best":
         candidates = checkpoint_prefixes(pathlib.Path(workdir) / CHECKPOINTS) + candidates
-    prefix = restore_newest_readable(checkpoint, candidates)
+    prefix = restore_newest_readable(lambda _: checkpoint, candidates)
     if kind == "best" and prefix != chosen:
         kind = "latest"
     weights = "trained"

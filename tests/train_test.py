@@ -164,6 +164,33 @@ class EndToEndTest(tf.test.TestCase):
         # The checkpoint holds 1e-3 (the learning rate is an optimizer variable).
         self.assertAllClose(float(optimizer.learning_rate.numpy()), 1e-5)
 
+    def test_constant_run_resumes_into_a_cosine_tail_and_back(self):
+        config = helpers.tiny_config("vae")
+        config.train.schedule = "constant"
+        workdir = pathlib.Path(self.create_tempdir().full_path)
+        train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        constant_prefix = tf.train.latest_checkpoint(workdir / "checkpoints")
+        saved_moment = tf.train.load_variable(constant_prefix, "optimizer/_variables/2/.ATTRIBUTES/VARIABLE_VALUE")
+        config.train.schedule, config.train.steps, config.train.decay_start = "cosine_tail", 4, 2
+        tail = train.Trainer(config)
+        self.assertEqual(tail.restore([constant_prefix]), constant_prefix)
+        # The constant run's variables are [steps, rate, moments...]; the tail's [steps, moments...].
+        self.assertEqual(int(tail.optimizer.iterations.numpy()), 2)
+        self.assertAllEqual(tail.optimizer.variables[1].numpy(), saved_moment)
+        self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 4)
+        tail_prefix = tf.train.latest_checkpoint(workdir / "checkpoints")
+        self.assertEqual(tf.train.load_variable(tail_prefix, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"), 4)
+        # And back: a constant rate resumes from the tail's checkpoint at its configured rate.
+        config.train.schedule, config.train.learning_rate = "constant", 1e-4
+        constant = train.Trainer(config)
+        self.assertEqual(constant.restore([tail_prefix]), tail_prefix)
+        self.assertEqual(int(constant.optimizer.iterations.numpy()), 4)
+        self.assertAllEqual(
+            constant.optimizer.variables[2].numpy(),
+            tf.train.load_variable(tail_prefix, "optimizer/_variables/1/.ATTRIBUTES/VARIABLE_VALUE"),
+        )
+        self.assertAllClose(float(constant.optimizer.learning_rate.numpy()), 1e-4)
+
     def test_best_validation_checkpoint_survives_resume(self):
         config = helpers.tiny_config("vae")
         config.train.steps = 4
@@ -384,8 +411,14 @@ class EndToEndTest(tf.test.TestCase):
         with self.assertRaisesRegex(errors.ConfigError, "warmup_steps must be >= 0"):
             train.make_schedule(config.train)
         config.train.warmup_steps = 0
+        config.train.schedule, config.train.steps, config.train.decay_start = "cosine_tail", 3000, 1000
+        tail = train.make_schedule(config.train)
+        self.assertAllClose([float(tail(s)) for s in (0, 999, 1000, 2000, 3000, 4000)], [1e-3] * 3 + [5e-4, 0.0, 0.0])
+        config.train.decay_start = 3000
+        with self.assertRaisesRegex(errors.ConfigError, r"decay_start must be in \[0, train.steps = 3000\)"):
+            train.make_schedule(config.train)
         config.train.schedule = "linear"
-        with self.assertRaisesRegex(errors.ConfigError, "valid: constant, cosine, exponential, burda"):
+        with self.assertRaisesRegex(errors.ConfigError, "valid: constant, cosine, cosine_tail, exponential, burda"):
             train.make_schedule(config.train)
 
 
