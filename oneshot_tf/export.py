@@ -153,7 +153,14 @@ def export_model(model, export_root, model_name: str) -> pathlib.Path:
         "sample": servable.sample.get_concrete_function(),
         "log_prob": servable.log_prob.get_concrete_function(),
     }
-    tf.saved_model.save(servable, str(partial), signatures=signatures)
+    verbosity = logging.get_verbosity()
+    # TF logs (absl, INFO) every input it renames in a signature: with a tf.cond (a
+    # dynamic number of shots) that is every captured variable, hundreds on one line.
+    logging.set_verbosity(min(verbosity, logging.WARNING))
+    try:
+        tf.saved_model.save(servable, str(partial), signatures=signatures)
+    finally:
+        logging.set_verbosity(verbosity)
     final = model_dir / str(version)
     partial.rename(final)
     logging.info("Exported %s", final)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from oneshot_tf import errors
 from oneshot_tf.models import base, layers
 from oneshot_tf.models.gmn import GenerativeMatchingNetwork
+from oneshot_tf.models.hfsgm import HierarchicalFewShotModel
 from oneshot_tf.models.seqgen import SequentialGenerativeModel
 from oneshot_tf.models.statistician import NeuralStatistician
 from oneshot_tf.models.vae import Vae
@@ -17,6 +18,7 @@ MODELS = {
     "iwae": Vae,
     "gmn": GenerativeMatchingNetwork,
     "statistician": NeuralStatistician,
+    "hfsgm": HierarchicalFewShotModel,
     "seqgen": SequentialGenerativeModel,
 }
 

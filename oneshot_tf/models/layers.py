@@ -1,5 +1,5 @@
-"""Building blocks that two or more models share: reshaping helpers, MLP encoders and
-decoders, distribution heads, batch norm, support masks. A block one model alone uses
+"""Building blocks that two or more models share: reshaping helpers, MLP and conv
+encoders and decoders, distribution heads, batch norm, support masks. A block one model alone uses
 lives next to that model.
 
 Networks compute in the global Keras dtype policy (bfloat16 under
@@ -228,6 +228,118 @@ class Chain(keras.layers.Layer):
             else:
                 x = layer(x)
         return x
+
+
+def dense(units: int, **kwargs) -> keras.layers.Dense:
+    """Dense layer with the initializer `kernel_initializer` set; on [..., 4, 4, C] maps
+    it is a 1x1 conv."""
+    return keras.layers.Dense(units, kernel_initializer=new_kernel_initializer(), **kwargs)
+
+
+def image_elu() -> keras.layers.Layer:
+    """ELU for the conv stacks' image-sized activations, computed in float32 whatever the
+    policy: on CPUs TF's bfloat16 Elu and EluGrad kernels are slower than the float32
+    ones and the casts around them together (README "Speed" has the profile)."""
+    return keras.layers.Activation("elu", dtype="float32")
+
+
+def conv_bn_elu(channels: int, *, kernel: int = 3, strides: int = 1, padding: str = "same", transpose=False) -> list:
+    """[conv without bias, batch norm, ELU], for a Chain."""
+    if transpose:  # The public Neural Statistician leaves transposed convs at PyTorch's default.
+        conv = keras.layers.Conv2DTranspose(channels, kernel, strides=strides, padding=padding, use_bias=False)
+    else:
+        conv = keras.layers.Conv2D(
+            channels,
+            kernel,
+            strides=strides,
+            padding=padding,
+            use_bias=False,
+            kernel_initializer=new_kernel_initializer(),
+        )
+    return [conv, BatchNorm(), image_elu()]
+
+
+class ConvEncoder(keras.layers.Layer):
+    """Strided conv stack: [N, 28, 28, 1] -> [N, features], the last feature map
+    (`output_map_shape`) flattened.
+
+    Each stage is `convs_per_stage` 3x3 convs (the last one stride 2) with batch norm
+    and ELU, so 28 -> 14 -> 7 -> 4 for three stages.
+    """
+
+    def __init__(self, channels=(32, 64, 128), convs_per_stage: int = 1, batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        size = 28
+        for _ in channels:
+            size = (size + 1) // 2
+        self.output_size = size * size * channels[-1]
+        self.output_map_shape = (size, size, channels[-1])
+        blocks = []
+        for c in channels:
+            for i in range(convs_per_stage):
+                stride = 2 if i == convs_per_stage - 1 else 1
+                blocks.append(
+                    keras.layers.Conv2D(
+                        c,
+                        3,
+                        strides=stride,
+                        padding="same",
+                        use_bias=not batch_norm,
+                        kernel_initializer=new_kernel_initializer(),
+                    )
+                )
+                if batch_norm:
+                    blocks.append(BatchNorm())
+                blocks.append(image_elu())
+        blocks.append(keras.layers.Flatten())
+        self.net = Chain(blocks)
+
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.net(images, training=training)
+
+
+class UpConvDecoder(keras.layers.Layer):
+    """Code -> Bernoulli logits [N, 28, 28, 1] by 2x2 transposed convs, 4 -> 8 -> 16 -> 28.
+
+    A dense stem maps a code [N, D] to [4, 4, channels[0]] (or, with `dense_stem`
+    False, the input is such a map already); each stage is `convs_per_stage` 3x3 convs
+    and a 2x2 stride-2 transposed conv; the last stage's last 3x3 conv is 'valid'
+    (16 -> 14) so the final transposed conv lands on 28. A 1x1 conv gives the logits.
+    Batch norm and ELU after every layer but the last (the Neural Statistician's
+    Omniglot decoder).
+    """
+
+    def __init__(
+        self,
+        channels=(256, 128, 64),
+        convs_per_stage: int = 2,
+        stem_batch_norm: bool = True,
+        dense_stem: bool = True,
+        **kwargs,
+    ):
+        """stem_batch_norm: batch norm and ELU after the dense stem (True), or the dense
+        layer's output reshaped as it is (False, the public implementation)."""
+        super().__init__(**kwargs)
+        if len(channels) != 3 or convs_per_stage < 1:
+            raise ValueError(f"UpConvDecoder needs 3 stage channels and convs_per_stage >= 1, got {channels}")
+        blocks = []
+        if dense_stem and stem_batch_norm:
+            blocks = [dense(4 * 4 * channels[0], use_bias=False), BatchNorm(), image_elu()]
+        elif dense_stem:
+            blocks = [dense(4 * 4 * channels[0])]
+        if dense_stem:
+            blocks.append(keras.layers.Reshape((4, 4, channels[0])))
+        for stage, c in enumerate(channels):
+            for i in range(convs_per_stage):
+                last = stage == len(channels) - 1 and i == convs_per_stage - 1
+                blocks += conv_bn_elu(c, padding="valid" if last else "same")
+            blocks += conv_bn_elu(c, kernel=2, strides=2, transpose=True)
+        blocks.append(keras.layers.Conv2D(1, 1, kernel_initializer=new_kernel_initializer(), dtype=OUTPUT_DTYPE))
+        self.net = Chain(blocks)
+
+    def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """code: [N, D] (or [N, 4, 4, channels[0]] without the dense stem) -> logits [N, 28, 28, 1]."""
+        return self.net(code, training=training)
 
 
 def mlp(hidden_sizes, activation: str = "tanh") -> Chain:

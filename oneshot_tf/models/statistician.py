@@ -31,108 +31,6 @@ from oneshot_tf.models import base, layers
 tfd = tfp.distributions
 
 
-def _image_elu() -> keras.layers.Layer:
-    """ELU for the conv stacks' image-sized activations, computed in float32 whatever the
-    policy: on CPUs TF's bfloat16 Elu and EluGrad kernels are slower than the float32
-    ones and the casts around them together (README "Speed" has the profile)."""
-    return keras.layers.Activation("elu", dtype="float32")
-
-
-class ConvEncoder(keras.layers.Layer):
-    """Strided conv stack: [N, 28, 28, 1] -> [N, features].
-
-    Each stage is `convs_per_stage` 3x3 convs (the last one stride 2) with batch norm
-    and ELU, so 28 -> 14 -> 7 -> 4 for three stages.
-    """
-
-    def __init__(self, channels=(32, 64, 128), convs_per_stage: int = 1, batch_norm: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        size = 28
-        for _ in channels:
-            size = (size + 1) // 2
-        self.output_size = size * size * channels[-1]
-        blocks = []
-        for c in channels:
-            for i in range(convs_per_stage):
-                stride = 2 if i == convs_per_stage - 1 else 1
-                blocks.append(
-                    keras.layers.Conv2D(
-                        c,
-                        3,
-                        strides=stride,
-                        padding="same",
-                        use_bias=not batch_norm,
-                        kernel_initializer=layers.new_kernel_initializer(),
-                    )
-                )
-                if batch_norm:
-                    blocks.append(layers.BatchNorm())
-                blocks.append(_image_elu())
-        blocks.append(keras.layers.Flatten())
-        self.net = layers.Chain(blocks)
-
-    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        return self.net(images, training=training)
-
-
-def _dense(units: int, **kwargs) -> keras.layers.Dense:
-    return keras.layers.Dense(units, kernel_initializer=layers.new_kernel_initializer(), **kwargs)
-
-
-def _conv_bn_elu(channels: int, *, kernel: int = 3, strides: int = 1, padding: str = "same", transpose=False):
-    if transpose:  # The public implementation leaves transposed convs at PyTorch's default.
-        conv = keras.layers.Conv2DTranspose(channels, kernel, strides=strides, padding=padding, use_bias=False)
-    else:
-        conv = keras.layers.Conv2D(
-            channels,
-            kernel,
-            strides=strides,
-            padding=padding,
-            use_bias=False,
-            kernel_initializer=layers.new_kernel_initializer(),
-        )
-    return [
-        conv,
-        layers.BatchNorm(),
-        _image_elu(),
-    ]
-
-
-class UpConvDecoder(keras.layers.Layer):
-    """Code -> Bernoulli logits [N, 28, 28, 1] by 2x2 transposed convs, 4 -> 8 -> 16 -> 28.
-
-    Dense to [4, 4, channels[0]]; each stage is `convs_per_stage` 3x3 convs and a 2x2
-    stride-2 transposed conv; the last stage's last 3x3 conv is 'valid' (16 -> 14) so
-    the final transposed conv lands on 28. A 1x1 conv gives the logits. Batch norm and
-    ELU after every layer but the last (the Neural Statistician's Omniglot decoder).
-    """
-
-    def __init__(self, channels=(256, 128, 64), convs_per_stage: int = 2, stem_batch_norm: bool = True, **kwargs):
-        """stem_batch_norm: batch norm and ELU after the dense layer (True), or the dense
-        layer's output reshaped as it is (False, the public implementation)."""
-        super().__init__(**kwargs)
-        if len(channels) != 3 or convs_per_stage < 1:
-            raise ValueError(f"UpConvDecoder needs 3 stage channels and convs_per_stage >= 1, got {channels}")
-        if stem_batch_norm:
-            blocks = [_dense(4 * 4 * channels[0], use_bias=False), layers.BatchNorm(), _image_elu()]
-        else:
-            blocks = [_dense(4 * 4 * channels[0])]
-        blocks.append(keras.layers.Reshape((4, 4, channels[0])))
-        for stage, c in enumerate(channels):
-            for i in range(convs_per_stage):
-                last = stage == len(channels) - 1 and i == convs_per_stage - 1
-                blocks += _conv_bn_elu(c, padding="valid" if last else "same")
-            blocks += _conv_bn_elu(c, kernel=2, strides=2, transpose=True)
-        blocks.append(
-            keras.layers.Conv2D(1, 1, kernel_initializer=layers.new_kernel_initializer(), dtype=layers.OUTPUT_DTYPE)
-        )
-        self.net = layers.Chain(blocks)
-
-    def call(self, code: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """code: [N, D] -> logits [N, 28, 28, 1]."""
-        return self.net(code, training=training)
-
-
 class ResidualBlock(keras.layers.Layer):
     """x + f(x) with f = `num_layers` x [Dense + batch norm] (ELU between), then ELU.
 
@@ -143,7 +41,7 @@ class ResidualBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         chain = []
         for i in range(num_layers):
-            chain += [_dense(width, use_bias=False), layers.BatchNorm()]
+            chain += [layers.dense(width, use_bias=False), layers.BatchNorm()]
             if i < num_layers - 1:
                 chain.append(keras.layers.Activation("elu"))
         self.net = layers.Chain(chain)
@@ -159,7 +57,7 @@ class NormalizedLogVarianceHead(keras.layers.Layer):
 
     def __init__(self, size: int, **kwargs):
         super().__init__(**kwargs)
-        self.dense = _dense(2 * size, dtype=layers.OUTPUT_DTYPE)
+        self.dense = layers.dense(2 * size, dtype=layers.OUTPUT_DTYPE)
         self.norm = layers.BatchNorm(momentum=0.99, dtype=layers.OUTPUT_DTYPE)
 
     def call(self, features: tf.Tensor, training: bool = False) -> tfd.Distribution:
@@ -199,7 +97,7 @@ class ConditionalGaussian(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.projections = [_dense(width) for _ in range(num_inputs)]
+        self.projections = [layers.dense(width) for _ in range(num_inputs)]
         self.norm = layers.BatchNorm() if input_batch_norm else keras.layers.Identity()
         self.residual = ResidualBlock(width, residual_layers)
         self.head = _gaussian_head(head, size)
@@ -224,10 +122,12 @@ class StatisticNetwork(keras.layers.Layer):
     def __init__(self, width: int, context_size: int, num_post_layers: int = 2, head: str = "softplus", **kwargs):
         super().__init__(**kwargs)
         self.context_size = context_size
-        self.item = layers.Chain([_dense(width, use_bias=False), layers.BatchNorm(), keras.layers.Activation("elu")])
+        self.item = layers.Chain(
+            [layers.dense(width, use_bias=False), layers.BatchNorm(), keras.layers.Activation("elu")]
+        )
         post = []
         for _ in range(num_post_layers):
-            post += [_dense(width, use_bias=False), layers.BatchNorm()]
+            post += [layers.dense(width, use_bias=False), layers.BatchNorm()]
             post.append(keras.layers.Activation("elu"))
         self.post = layers.Chain(post)
         self.head = _gaussian_head(head, context_size)
@@ -312,7 +212,7 @@ class NeuralStatistician(base.FewShotModel):
         self.context_size = context_size
         self.num_latent_layers = num_latent_layers
         with layers.batch_norm_momentum(batch_norm_momentum), layers.kernel_initializer(kernel_initializer):
-            self.encoder = ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
+            self.encoder = layers.ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
             self.statistic = StatisticNetwork(hidden_size, context_size, head=gaussian_head)
             z_network = dict(residual_layers=residual_layers, head=gaussian_head, input_batch_norm=hidden_batch_norm)
             # q(z_l | h, c, z_{l-1}) and p(z_l | c, z_{l-1}); layer 1 has no z_{l-1}.
@@ -324,10 +224,12 @@ class NeuralStatistician(base.FewShotModel):
                 ConditionalGaussian(hidden_size, latent_size, 1 + (layer > 0), **z_network)
                 for layer in range(num_latent_layers)
             ]
-            self.decoder_z = _dense(hidden_size)
-            self.decoder_c = _dense(hidden_size)
+            self.decoder_z = layers.dense(hidden_size)
+            self.decoder_c = layers.dense(hidden_size)
             self.decoder_norm = layers.BatchNorm() if hidden_batch_norm else keras.layers.Identity()
-            self.decoder = UpConvDecoder(decoder_channels, decoder_convs_per_stage, stem_batch_norm=hidden_batch_norm)
+            self.decoder = layers.UpConvDecoder(
+                decoder_channels, decoder_convs_per_stage, stem_batch_norm=hidden_batch_norm
+            )
 
     def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         """[..., 28, 28, 1] with 1 or 2 leading dims -> features [..., F]."""

@@ -94,3 +94,30 @@ class LayersTest(tf.test.TestCase):
     def test_masks(self):
         self.assertAllEqual(layers.causal_mask(3), [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]])
         self.assertAllEqual(layers.full_mask(3), [[1, 1, 1]])
+
+
+class ConvStacksTest(tf.test.TestCase):
+    def test_conv_blocks_shapes(self):
+        features = layers.ConvEncoder((8, 8, 8))(tf.zeros([2, 28, 28, 1]))
+        self.assertEqual(features.shape, (2, 4 * 4 * 8))
+        self.assertEqual(layers.UpConvDecoder((8, 8, 8), 1)(tf.zeros([2, 5])).shape, (2, 28, 28, 1))
+
+    def test_encoder_map_shape_and_decoder_from_maps(self):
+        encoder = layers.ConvEncoder((8, 8, 6))
+        maps = tf.reshape(
+            encoder(tf.cast(tf.random.stateless_uniform([2, 28, 28, 1], [0, 1]) < 0.2, tf.float32)),
+            [2, *encoder.output_map_shape],
+        )
+        self.assertEqual(encoder.output_map_shape, (4, 4, 6))
+        decoder = layers.UpConvDecoder((6, 8, 8), 1, dense_stem=False)
+        self.assertEqual(decoder(maps).shape, (2, 28, 28, 1))
+        self.assertFalse(any(isinstance(layer, keras.layers.Dense) for layer in decoder.net.chain))
+
+    def test_decoder_logits_have_float32_precision(self):
+        with precision.policy_scope("mixed_bfloat16"):
+            decoder = layers.UpConvDecoder((8, 8, 8), convs_per_stage=1)
+        logits = decoder(tf.random.stateless_normal([2, 10], [2, 2]))
+        self.assertEqual(logits.dtype, tf.float32)
+        # bfloat16 keeps 8 significant bits: float32 logits are not all on its grid.
+        rounded = tf.cast(tf.cast(logits, tf.bfloat16), tf.float32)
+        self.assertGreater(float(tf.reduce_mean(tf.cast(tf.not_equal(logits, rounded), tf.float32))), 0.5)
