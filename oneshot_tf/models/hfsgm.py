@@ -189,6 +189,7 @@ class HierarchicalFewShotModel(base.FewShotModel):
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.num_layers = num_layers
+        self.context_channels = context_channels
         with layers.batch_norm_momentum(batch_norm_momentum), layers.kernel_initializer(kernel_initializer):
             self.encoder = layers.ConvEncoder(encoder_channels, convs_per_stage=convs_per_stage)
             if self.encoder.output_map_shape[:2] != (4, 4):
@@ -219,8 +220,13 @@ class HierarchicalFewShotModel(base.FewShotModel):
         maps = tf.reshape(flat, tf.concat([tf.shape(flat)[:-1], self.encoder.output_map_shape], 0))
         return tf.nn.elu(self.projection(maps, training=training))
 
-    def _item_latent(self, layer: int, features, above, context, seed, training: bool) -> tuple:
-        """z_l ~ q(z_l | h, z_{l+1}, c_l), with q and p(z_l | z_{l+1}, c_l).
+    def _encode_samples(self, images: tf.Tensor, num_samples) -> tf.Tensor:
+        """`_encode` (inference mode) broadcast to K samples: [K, ..., T, 4, 4, hidden]."""
+        features = self._encode(images, False)
+        return tf.broadcast_to(features, tf.concat([[num_samples], tf.shape(features)], 0))
+
+    def _item_latent(self, layer: int, features, above, context, seed, training: bool, with_prior=True) -> tuple:
+        """z_l ~ q(z_l | h, z_{l+1}, c_l), with q and p(z_l | z_{l+1}, c_l) (None unless `with_prior`).
 
         features [..., T, 4, 4, W]; above (z_{l+1}, None at the top) [..., T, 4, 4, Z];
         context c_l [..., 4, 4, C]. Returns (z, q, p), batch shape [..., T].
@@ -228,14 +234,16 @@ class HierarchicalFewShotModel(base.FewShotModel):
         context = tf.expand_dims(context, _ITEMS)
         given = [] if above is None else [above]
         posterior = self.latent_posteriors[layer]([features, *given, context], training=training)
-        prior = self.latent_priors[layer]([*given, context], training=training)
+        prior = self.latent_priors[layer]([*given, context], training=training) if with_prior else None
         return posterior.sample(seed=seed), posterior, prior
 
-    def _top_down(self, features: tf.Tensor, seed: tf.Tensor, training: bool) -> tuple:
+    def _top_down(self, features: tf.Tensor, seed: tf.Tensor, training: bool, with_priors: bool = True) -> tuple:
         """Every latent of the sets from the recognition model, top layer first.
 
         Args:
           features: item maps [..., T, 4, 4, W].
+          with_priors: False when only the samples are wanted (a support's contexts):
+            the prior networks are then not run and every p is None.
 
         Returns:
           (contexts, latents): lists of L (sample, q, p) triples; contexts' batch shape
@@ -246,15 +254,18 @@ class HierarchicalFewShotModel(base.FewShotModel):
         for layer in range(self.num_layers):
             if layer == 0:
                 posterior = self.context_posteriors[0]([features], [], training=training)
-                prior = _standard_map_normal(posterior.mean())
+                prior = _standard_map_normal(posterior.mean()) if with_priors else None
             else:
                 above, context_above = latents[-1][0], contexts[-1][0]
                 posterior = self.context_posteriors[layer]([features, above], [context_above], training=training)
-                prior = self.context_priors[layer - 1]([above], [context_above], training=training)
+                prior = None
+                if with_priors:
+                    prior = self.context_priors[layer - 1]([above], [context_above], training=training)
             context = posterior.sample(seed=seeds[2 * layer])
             contexts.append((context, posterior, prior))
             above = latents[-1][0] if latents else None
-            latents.append(self._item_latent(layer, features, above, context, seeds[2 * layer + 1], training))
+            layer_seed = seeds[2 * layer + 1]
+            latents.append(self._item_latent(layer, features, above, context, layer_seed, training, with_priors))
         return contexts, latents
 
     def _likelihood(self, latents: list, contexts: list, training: bool) -> tfd.Distribution:
@@ -286,9 +297,7 @@ class HierarchicalFewShotModel(base.FewShotModel):
     def set_log_weights(self, sets: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
         """All latents from q(c, Z | X): log p(X, c_k, Z_k) - log q(c_k, Z_k | X), [K, batch]."""
         base.check_images(sets, 5, "sets")
-        features = self._encode(sets, False)
-        features = tf.broadcast_to(features, tf.concat([[num_samples], tf.shape(features)], 0))
-        contexts, latents = self._top_down(features, seed, training=False)
+        contexts, latents = self._top_down(self._encode_samples(sets, num_samples), seed, training=False)
         likelihood = self._likelihood([z for z, _, _ in latents], [c for c, _, _ in contexts], training=False)
         log_weights = tf.reduce_sum(likelihood.log_prob(sets), axis=-1)
         log_weights += sum(p.log_prob(c) - q.log_prob(c) for c, q, p in contexts)
@@ -297,16 +306,14 @@ class HierarchicalFewShotModel(base.FewShotModel):
 
     def _support_contexts(self, support: tf.Tensor, num_samples, seed: tf.Tensor) -> list:
         """c_1..c_L ~ q(c | support), K per set: L maps [K, batch, 4, 4, C], top first."""
-        features = self._encode(support, False)
-        features = tf.broadcast_to(features, tf.concat([[num_samples], tf.shape(features)], 0))
-        contexts, _ = self._top_down(features, seed, training=False)
+        features = self._encode_samples(support, num_samples)
+        contexts, _ = self._top_down(features, seed, training=False, with_priors=False)
         return [c for c, _, _ in contexts]
 
     def _query_log_weights(self, support, query, num_samples, seed) -> tf.Tensor:
         context_seed, latent_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         contexts = self._support_contexts(support, num_samples, context_seed)
-        features = self._encode(query[:, None], False)
-        features = tf.broadcast_to(features, tf.concat([[num_samples], tf.shape(features)], 0))  # [K, B, 1, ...]
+        features = self._encode_samples(query[:, None], num_samples)  # [K, B, 1, ...]
         seeds = tf.unstack(tf.random.experimental.stateless_split(latent_seed, self.num_layers))
         latents, log_weights = [], 0.0
         for layer, context in enumerate(contexts):
@@ -340,8 +347,8 @@ class HierarchicalFewShotModel(base.FewShotModel):
             if contexts is not None:
                 context = contexts[layer]
             elif layer == 0:
-                channels = self.context_posteriors[0].head.params.units // 2
-                context = tf.random.stateless_normal(tf.stack([batch_size, 4, 4, channels]), seeds[0])
+                shape = tf.stack([batch_size, 4, 4, self.context_channels])
+                context = tf.random.stateless_normal(shape, seeds[0])
             else:
                 prior = self.context_priors[layer - 1]([latents[-1]], [drawn_contexts[-1]])
                 context = prior.sample(seed=seeds[2 * layer])

@@ -323,11 +323,11 @@ class UpConvDecoder(keras.layers.Layer):
         if len(channels) != 3 or convs_per_stage < 1:
             raise ValueError(f"UpConvDecoder needs 3 stage channels and convs_per_stage >= 1, got {channels}")
         blocks = []
-        if dense_stem and stem_batch_norm:
-            blocks = [dense(4 * 4 * channels[0], use_bias=False), BatchNorm(), image_elu()]
-        elif dense_stem:
-            blocks = [dense(4 * 4 * channels[0])]
         if dense_stem:
+            if stem_batch_norm:
+                blocks = [dense(4 * 4 * channels[0], use_bias=False), BatchNorm(), image_elu()]
+            else:
+                blocks = [dense(4 * 4 * channels[0])]
             blocks.append(keras.layers.Reshape((4, 4, channels[0])))
         for stage, c in enumerate(channels):
             for i in range(convs_per_stage):
