@@ -8,11 +8,13 @@ loop, save a checkpoint and raise `Interrupted`; running again in the same workd
 resumes from it, data stream included.
 """
 
+import collections
 import contextlib
 import functools
 import math
 import pathlib
 import signal
+import statistics
 import time
 
 import keras
@@ -173,6 +175,26 @@ def _stop_on_signals():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+class RemainingTime:
+    """Estimates the time left from the median seconds per step of the last `window` loops.
+
+    A median, not a running mean, so one stretched loop (the first one's tracing, a
+    SIGSTOP, a suspended machine) does not skew the estimate for the rest of the run.
+    """
+
+    def __init__(self, window: int = 25):
+        self._seconds_per_step = collections.deque(maxlen=window)
+
+    def add(self, num_steps: int, seconds: float) -> None:
+        self._seconds_per_step.append(seconds / num_steps)
+
+    def seconds(self, remaining_steps: int) -> float:
+        """Seconds for `remaining_steps` more steps; inf before any loop was added."""
+        if not self._seconds_per_step:
+            return math.inf
+        return remaining_steps * statistics.median(self._seconds_per_step)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -454,8 +476,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
         min(config.train.steps_per_loop, total_steps - start),
     )
     current, last_save, run_start = start, time.time(), time.time()
-    # The ETA counts steady-state loops only: the first loop includes tracing.
-    steady_steps, steady_seconds = 0, 0.0
+    remaining_time = RemainingTime()  # Steady-state loops only: the first one includes tracing.
     skipped_total, recovered_from = 0, None
 
     def save(manager_to_use):
@@ -509,8 +530,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
             if previous == start:
                 logging.info("First %d steps (with tracing) took %s", num_steps, _format_seconds(now - loop_start))
             else:
-                steady_steps, steady_seconds = steady_steps + num_steps, steady_seconds + now - loop_start
-            eta = (total_steps - current) * steady_seconds / steady_steps if steady_steps else float("inf")
+                remaining_time.add(num_steps, now - loop_start)
             logging.info(
                 "step %d/%d  loss %s nats/image  grad norm %s  %.1f steps/s  %.0f images/s  ETA %s",
                 current,
@@ -519,7 +539,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
                 f"{grad_norm:.3g}" if skipped < num_steps else "n/a",
                 steps_per_sec,
                 steps_per_sec * items_per_step,
-                _format_seconds(eta),
+                _format_seconds(remaining_time.seconds(total_steps - current)),
             )
             if skipped < num_steps:  # Means over the steps taken; none were taken otherwise.
                 tf.summary.scalar("train/loss", loss, step=current)

@@ -421,6 +421,16 @@ class EndToEndTest(tf.test.TestCase):
         with self.assertRaisesRegex(errors.ConfigError, "valid: constant, cosine, cosine_tail, exponential, burda"):
             train.make_schedule(config.train)
 
+    def test_remaining_time_ignores_one_stretched_loop(self):
+        remaining = train.RemainingTime(window=5)
+        self.assertEqual(remaining.seconds(100), float("inf"))
+        for seconds in (2.0, 2.2, 3600.0, 1.8, 2.0):  # 20 steps a loop; one loop paused for an hour.
+            remaining.add(20, seconds)
+        self.assertAllClose(remaining.seconds(1000), 1000 * 0.1)
+        for _ in range(5):  # The machine slows down: the window follows it.
+            remaining.add(20, 4.0)
+        self.assertAllClose(remaining.seconds(1000), 1000 * 0.2)
+
 
 class CommandLineTest(tf.test.TestCase):
     def test_sigterm_saves_and_rerun_continues(self):
