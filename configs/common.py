@@ -112,6 +112,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.classification_queries = 400
     config.eval.classification_num_samples = 100
 
+    config.export = ml_collections.ConfigDict()
+    # Dtype of the exported floating-point weights: float16 halves the SavedModel.
+    config.export.weights_dtype = "float32"
+
     config.sample = ml_collections.ConfigDict()
     # Rows of the sample grid, support images per row, new samples per row.
     config.sample.rows = 8

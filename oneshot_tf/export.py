@@ -8,14 +8,21 @@ leaves a half-written version behind. Signatures:
 Inputs are checked at run time: finite, in [0, 1], matching batch sizes, bounded
 (MAX_BATCH, MAX_SHOTS, MAX_NUM_SAMPLES; log_prob scores in passes of bounded size). A support
 of shape [batch, 0] (how JSON spells zero shots: `[[], []]`) means [batch, 0, 28, 28, 1].
+
+`config.export.weights_dtype = "float16"` stores the floating-point weights in half
+precision (half the size on disk; the signatures compute in the model's own
+precision from the rounded weights).
 """
 
+import contextlib
 import pathlib
 import shutil
 
+import keras
 import tensorflow as tf
 from absl import logging
 
+from oneshot_tf import errors
 from oneshot_tf import workdir as workdir_lib
 
 # Shapes are checked inside the graph rather than declared, so every loader (Python,
@@ -31,6 +38,7 @@ MAX_BATCH = 4096
 MAX_SHOTS = 100
 MAX_NUM_SAMPLES = 100_000
 MAX_WEIGHTS_PER_PASS = 2048
+WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _require(condition: tf.Tensor, tensor: tf.Tensor, message: str) -> tf.Tensor:
@@ -74,23 +82,35 @@ def _checked_seed(seed: tf.Tensor) -> tf.Tensor:
 
 
 class Servable(tf.Module):
-    """Wraps a trained model in the serving signatures."""
+    """Wraps a trained model in the serving signatures.
 
-    def __init__(self, model):
+    `stored`: None (the signatures read the model's variables), or one tf.Variable per
+    model variable, any dtype, that the signatures read instead (cast to the model
+    variable's dtype): how weights stored in half precision are served.
+    """
+
+    def __init__(self, model, stored: list | None = None):
         super().__init__()
         # Not an attribute tf.Module would track: a tracked Keras 3 model saves its
         # variables a second time (as Keras variables), doubling the SavedModel.
         self._model = lambda: model
-        # Tracking the underlying tf.Variables lets the TF1 loader (saved_model_cli,
-        # TF Serving) restore them; Keras 3 variables alone are not enough.
-        self.model_variables = [v.value for v in model.variables]
+        self._stored = lambda: stored
+
+    def _weights(self):
+        """Inside a signature: where the model's variables are read from."""
+        stored = self._stored()
+        if stored is None:
+            return contextlib.nullcontext()
+        variables = self._model().variables
+        return keras.StatelessScope(state_mapping=[(v, tf.cast(s, v.dtype)) for v, s in zip(variables, stored)])
 
     @tf.function(input_signature=[_SUPPORT, _SEED])
     def sample(self, support, seed):
         support, seed = _checked(support, "support"), _checked_seed(seed)
 
         def draw():
-            return self._model().sample(support, seed)
+            with self._weights():
+                return self._model().sample(support, seed)
 
         def nothing():  # Batch 0: the distributions cannot even be sampled.
             return tf.zeros([0, 28, 28, 1]), tf.zeros([0, 28, 28, 1])
@@ -126,7 +146,8 @@ class Servable(tf.Module):
         def body(c, total):
             size = tf.minimum(chunk, num_samples - c * chunk)
             chunk_seed = tf.where(num_chunks == 1, seed, tf.random.experimental.stateless_fold_in(seed, c))
-            weights = tf.cast(self._model().log_weights(support, query, size, chunk_seed), tf.float32)
+            with self._weights():
+                weights = tf.cast(self._model().log_weights(support, query, size, chunk_seed), tf.float32)
             return c + 1, tf.experimental.numpy.logaddexp(total, tf.reduce_logsumexp(weights, axis=0))
 
         initial = tf.fill([batch], tf.constant(-float("inf")))
@@ -139,8 +160,20 @@ def next_version(model_dir: pathlib.Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model, export_root, model_name: str) -> pathlib.Path:
-    """Saves `model` as export_root/<model_name>/<next version>/ and returns that path."""
+def check_weights_dtype(weights_dtype: str) -> None:
+    """Raises ConfigError unless `weights_dtype` is one of WEIGHTS_DTYPES."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise errors.ConfigError(
+            f"config.export.weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {weights_dtype!r}"
+        )
+
+
+def export_model(model, export_root, model_name: str, weights_dtype: str = "float32") -> pathlib.Path:
+    """Saves `model` as export_root/<model_name>/<next version>/ and returns that path.
+
+    `weights_dtype`: of the stored floating-point weights (WEIGHTS_DTYPES).
+    """
+    check_weights_dtype(weights_dtype)
     model_dir = pathlib.Path(export_root) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir)
@@ -148,17 +181,32 @@ def export_model(model, export_root, model_name: str) -> pathlib.Path:
         shutil.rmtree(stale, ignore_errors=True)
     partial = model_dir / f".partial-{version}"
     servable = Servable(model)
-    signatures = {
-        "serving_default": servable.sample.get_concrete_function(),
-        "sample": servable.sample.get_concrete_function(),
-        "log_prob": servable.log_prob.get_concrete_function(),
-    }
+    sample, log_prob = servable.sample.get_concrete_function(), servable.log_prob.get_concrete_function()
+    # Tracing built the model if it was not; its variables exist from here on.
+    variables = [v.value for v in model.variables]
+    if weights_dtype != "float32":
+        variables = [
+            tf.Variable(tf.cast(v, weights_dtype), trainable=False, name=v.name.split(":")[0])
+            if v.dtype.is_floating
+            else v
+            for v in variables
+        ]
+        servable = Servable(model, variables)
+        sample, log_prob = servable.sample.get_concrete_function(), servable.log_prob.get_concrete_function()
+    signatures = {"serving_default": sample, "sample": sample, "log_prob": log_prob}
+    # The saved root holds the variables and the signatures only: saving the Servable
+    # would also store its tf.functions, which TF retraces for that (in its save
+    # context), a second copy of every graph in saved_model.pb. The underlying
+    # tf.Variables, not Keras 3's, so the TF1 loader (saved_model_cli, TF Serving)
+    # restores them.
+    root = tf.Module()
+    root.model_variables = variables
     verbosity = logging.get_verbosity()
     # TF logs (absl, INFO) every input it renames in a signature: with a tf.cond (a
     # dynamic number of shots) that is every captured variable, hundreds on one line.
     logging.set_verbosity(min(verbosity, logging.WARNING))
     try:
-        tf.saved_model.save(servable, str(partial), signatures=signatures)
+        tf.saved_model.save(root, str(partial), signatures=signatures)
     finally:
         logging.set_verbosity(verbosity)
     final = model_dir / str(version)
@@ -173,4 +221,4 @@ def export(config, workdir, *, restored=None) -> pathlib.Path:
     `restored`: from workdir.restore_model, if the caller has it.
     """
     model = (restored or workdir_lib.restore_model(config, workdir)).model
-    return export_model(model, pathlib.Path(workdir) / "export", config.model)
+    return export_model(model, pathlib.Path(workdir) / "export", config.model, config.export.weights_dtype)

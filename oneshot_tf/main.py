@@ -68,6 +68,7 @@ def load_config(model: str, config=None):
         config = configs.get_config(model)
     if config.model != model:
         raise errors.ConfigError(f"--model={model} but the config is for {config.model!r}")
+    export.check_weights_dtype(config.export.weights_dtype)  # Before a training, not after it.
     return config
 
 

@@ -14,8 +14,9 @@ from unittest import mock
 import numpy as np
 import tensorflow as tf
 from absl.testing import absltest, parameterized
+from tensorflow.core.protobuf import saved_model_pb2
 
-from oneshot_tf import evaluate, export, models, precision, train
+from oneshot_tf import errors, evaluate, export, models, precision, train
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 from tests import helpers
@@ -87,6 +88,42 @@ class ExportTest(tf.test.TestCase):
         self.assertTrue((self.path / "saved_model.pb").exists())
         self.assertTrue((self.path / "variables" / "variables.index").exists())
         self.assertCountEqual(self.loaded.signatures.keys(), ["sample", "serving_default", "log_prob"])
+
+    def test_half_precision_weights_halve_the_variables_and_barely_change_the_outputs(self):
+        half = export.export_model(self.model, self.create_tempdir().full_path, "iwae", "float16")
+        size = lambda path: sum(f.stat().st_size for f in (path / "variables").iterdir())  # noqa: E731
+        self.assertLess(size(half), 0.55 * size(self.path))
+        dtypes = tf.train.load_checkpoint(str(half / "variables" / "variables")).get_variable_to_dtype_map()
+        self.assertEqual({d for d in dtypes.values() if d.is_floating}, {tf.float16})
+        loaded = tf.saved_model.load(str(half))
+        inputs = {k: tf.constant(v) for k, v in self.inputs.items()}
+        scores = [m.signatures["log_prob"](**inputs)["log_prob"] for m in (loaded, self.loaded)]
+        self.assertAllClose(scores[0], scores[1], atol=0.5)  # nats per drawing
+        self.assertNotAllEqual(scores[0], scores[1])  # The weights were rounded.
+        support, seed = inputs["support"], inputs["seed"]
+        probs = [m.signatures["sample"](support=support, seed=seed)["probs"] for m in (loaded, self.loaded)]
+        self.assertAllClose(probs[0], probs[1], atol=0.02)
+        with self.assertRaisesRegex(errors.ConfigError, "weights_dtype must be one of float32, float16, bfloat16"):
+            export.export_model(self.model, self.create_tempdir().full_path, "iwae", "int8")
+        # tools/compare_exports.py: same seeds, so an export against itself differs by exactly 0.
+        compare = [sys.executable, str(helpers.REPO / "tools" / "compare_exports.py"), f"--data_dir={helpers.DATA_DIR}"]
+        compare += ["--episodes=3", "--num_samples=5", "--shots=1", f"--a={self.path}"]
+        reports = []
+        for other in (self.path, half):
+            result = subprocess.run(compare + [f"--b={other}"], capture_output=True, text=True, timeout=300)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            reports.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        self.assertEqual(reports[0]["max_abs_b_minus_a"], [0.0, 0.0])
+        self.assertLen(reports[1]["mean_b_minus_a"], 2)
+        self.assertLess(max(reports[1]["max_abs_b_minus_a"]), 0.5)
+        self.assertGreater(max(reports[1]["max_abs_b_minus_a"]), 0.0)
+
+    def test_each_signature_graph_is_stored_once(self):
+        saved = saved_model_pb2.SavedModel.FromString((self.path / "saved_model.pb").read_bytes())
+        names = [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function]
+        for signature in ("sample", "log_prob"):
+            traces = [n for n in names if n.startswith(f"__inference_{signature}_")]
+            self.assertLen(traces, 1, f"{signature}: {traces}")
 
     def test_fresh_process_without_project_code_gives_identical_outputs(self):
         folder = pathlib.Path(self.create_tempdir())
@@ -204,18 +241,18 @@ class BFloat16ExportTest(ExportTest):
 
 
 class EveryModelExportsTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.parameters(*sorted(models.MODELS))
-    def test_export_and_reload(self, name):
+    @parameterized.product(name=sorted(models.MODELS), weights_dtype=["float32", "float16"])
+    def test_export_and_reload(self, name, weights_dtype):
         config = helpers.tiny_config(name)
         model = models.build_model(config.model, **config.model_kwargs.to_dict())
-        path = export.export_model(model, self.create_tempdir().full_path, name)
+        path = export.export_model(model, self.create_tempdir().full_path, name, weights_dtype)
         loaded = tf.saved_model.load(str(path))
         servable = export.Servable(model)
         for shots in (0, 3):
             support = helpers.random_images([2, shots, 28, 28, 1])
             expected = servable.sample(support, tf.constant([1, shots]))
             out = loaded.signatures["sample"](support=support, seed=tf.constant([1, shots]))
-            self.assertAllClose(out["probs"], expected["probs"], atol=1e-6)
+            self.assertAllClose(out["probs"], expected["probs"], atol=1e-6 if weights_dtype == "float32" else 0.02)
             log_prob = loaded.signatures["log_prob"](
                 support=support,
                 query=helpers.random_images([2, 28, 28, 1], 1),

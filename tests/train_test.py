@@ -476,6 +476,10 @@ class CommandLineTest(tf.test.TestCase):
             (["--model=vae", "--config=configs/vae.py:huge"], "unknown config variant 'huge'"),
             (["--model=vae", "--config=configs/vae.py:tiny", "--config.train.stepz=3"], "stepz"),
             (["--model=vae", "--mode=eval", "--workdir=/nonexistent/run"], "no checkpoint in /nonexistent/run"),
+            (
+                ["--model=vae", "--config=configs/vae.py:tiny", "--config.export.weights_dtype=int8"],
+                "config.export.weights_dtype must be one of float32, float16, bfloat16, got 'int8'",
+            ),
         ]
         processes = [(helpers.run_main(*args), expected) for args, expected in cases]
         for process, expected in processes:

@@ -15,6 +15,7 @@ import pathlib
 import shutil
 import subprocess
 
+import tensorflow as tf
 from absl import app, flags
 
 from oneshot_tf import precision, pretrained
@@ -53,6 +54,8 @@ def main(argv):
     grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
     if grids:
         shutil.copy(grids[-1], staging / "samples.png")
+    stored = tf.train.load_checkpoint(str(staging / "1" / "variables" / "variables")).get_variable_to_dtype_map()
+    stored_dtypes = ", ".join(sorted({d.name for d in stored.values() if d.is_floating}))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     rows = " | ".join(f"{r['log_prob']:.2f}" for r in result["per_shot"])
     joint = result.get("joint_set")
@@ -70,7 +73,7 @@ def main(argv):
         f"- Wall time: {_WALL_TIME.value}\n"
         f"- Machine: {precision.describe_cpu()}, no GPU\n"
         f"- Code: commit {commit} of oneshot_tf\n"
-        f"- Precision of the evaluation: {result['precision']}\n"
+        f"- Precision of the evaluation: {result['precision']}; weights stored as {stored_dtypes}\n"
         f"- Per-shot log p(x_t | x_<t), t = 1..10, {result['episodes']} test episodes, K = {result['num_samples']}: "
         f"{rows} nats; mean of t = 1..5: {result['mean_t1_to_5']['log_prob']:.2f}\n"
         + joint_line
@@ -83,7 +86,10 @@ def main(argv):
     size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
     if size > _LIMIT:
         shutil.rmtree(staging)
-        raise SystemExit(f"error: {size / 2**20:.1f} MB is over the 40 MB limit for a shipped model")
+        raise SystemExit(
+            f"error: {size / 2**20:.1f} MB is over the 40 MB limit for a shipped model; export with "
+            "--config.export.weights_dtype=float16 to store the weights in half the space"
+        )
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     print(f"shipped {exports[-1]} as {target}/1 ({size / 2**20:.1f} MB)")
