@@ -44,7 +44,8 @@ def get_config(variant: str = "default"):
             num_layers=3,
             residual_layers=3,
         )
-    config.model_kwargs = ml_collections.ConfigDict(dict(kwargs, batch_norm_momentum=0.9))
+    # context_aggregation: "mean" (CHFSGM); configs/scha_vae.py sets "attention".
+    config.model_kwargs = ml_collections.ConfigDict(dict(kwargs, batch_norm_momentum=0.9, context_aggregation="mean"))
     # Without augmentation the statistician overfits the 964 background characters
     # (README); the public code trains on rotated and flipped sets.
     config.data.augment_turns = True

@@ -39,6 +39,8 @@ tfd = tfp.distributions
 
 # Items' maps are [..., T, 4, 4, C]: the item axis, counted from the end.
 _ITEMS = -4
+# How a set network pools its items: their mean, or SCHA-VAE's attention (AttentivePool).
+AGGREGATIONS = ("mean", "attention")
 
 
 def _on_maps(fn, maps: tf.Tensor) -> tf.Tensor:
@@ -60,6 +62,38 @@ def _standard_map_normal(like: tf.Tensor) -> tfd.Distribution:
 def _pool_items(maps: tf.Tensor) -> tf.Tensor:
     """Mean over the item axis: [..., T, 4, 4, C] -> [..., 4, 4, C]."""
     return tf.reduce_mean(maps, axis=_ITEMS)
+
+
+class AttentivePool(keras.layers.Layer):
+    """Pools a set of maps by attention from the set's mean (SCHA-VAE's aggregation).
+
+    Multi-head dot-product attention with one query, a 1x1 projection of the items'
+    mean; keys and values are 1x1 projections of the items. Each head compares whole
+    [H, W, width / heads] slices (one weight per item and head, not per position).
+    Order-invariant like the mean; every item weighs the same when all are equal.
+
+    [..., T, H, W, width] -> [..., H, W, width].
+    """
+
+    def __init__(self, width: int, heads: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        if width % heads:
+            raise ValueError(f"width {width} is not a multiple of heads {heads}")
+        self.width, self.heads = width, heads
+        self.query, self.key, self.value = (layers.dense(width) for _ in range(3))
+
+    def _split_heads(self, maps: tf.Tensor) -> tf.Tensor:
+        """[..., H, W, width] -> [..., H, W, heads, width / heads]."""
+        return tf.reshape(maps, tf.concat([tf.shape(maps)[:-1], [self.heads, -1]], 0))
+
+    def call(self, items: tf.Tensor) -> tf.Tensor:
+        query = self._split_heads(self.query(tf.reduce_mean(items, axis=_ITEMS)))
+        keys, values = self._split_heads(self.key(items)), self._split_heads(self.value(items))
+        slice_size = tf.cast(tf.reduce_prod(tf.shape(query)[-4:]) // self.heads, tf.float32)
+        similarity = tf.einsum("...hwnd,...thwnd->...nt", query, keys)
+        weights = tf.nn.softmax(tf.cast(similarity, tf.float32) / tf.sqrt(slice_size), axis=-1)
+        pooled = tf.einsum("...nt,...thwnd->...hwnd", tf.cast(weights, values.dtype), values)
+        return tf.reshape(pooled, tf.concat([tf.shape(pooled)[:-2], [self.width]], 0))
 
 
 class ResidualConvBlock(keras.layers.Layer):
@@ -133,16 +167,30 @@ class SetLatentNetwork(keras.layers.Layer):
     """
 
     def __init__(
-        self, width: int, size: int, num_item_inputs: int, num_set_inputs: int, residual_layers: int, **kwargs
+        self,
+        width: int,
+        size: int,
+        num_item_inputs: int,
+        num_set_inputs: int,
+        residual_layers: int,
+        aggregation: str = "mean",
+        **kwargs,
     ):
         super().__init__(**kwargs)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
         self.item_projections = [layers.dense(width) for _ in range(num_item_inputs)]
         self.set_projections = [layers.dense(width) for _ in range(num_set_inputs)]
+        self.attention = AttentivePool(width) if aggregation == "attention" else None
         self.head = MapGaussianHead(width, size, residual_layers)
 
     def call(self, item_inputs: list, set_inputs: list, training: bool = False) -> tfd.Distribution:
         items = sum(project(x) for project, x in zip(self.item_projections, item_inputs))
-        hidden = _pool_items(items) + sum(project(x) for project, x in zip(self.set_projections, set_inputs))
+        sets = sum(project(x) for project, x in zip(self.set_projections, set_inputs))
+        if self.attention is None:
+            hidden = _pool_items(items) + sets
+        else:  # The set inputs join every item before the attention weighs them.
+            hidden = self.attention(items + (tf.expand_dims(sets, _ITEMS) if set_inputs else 0.0))
         return self.head(hidden, training=training)
 
 
@@ -171,6 +219,7 @@ class HierarchicalFewShotModel(base.FewShotModel):
         residual_layers: int = 3,
         batch_norm_momentum: float = 0.9,
         kernel_initializer: str = "glorot_uniform",
+        context_aggregation: str = "mean",
         **kwargs,
     ):
         """Builds the networks.
@@ -184,6 +233,9 @@ class HierarchicalFewShotModel(base.FewShotModel):
           residual_layers: 3x3 conv + batch norm layers in each residual block.
           batch_norm_momentum: of every batch norm's moving averages.
           kernel_initializer: of the dense and conv layers (layers.KERNEL_INITIALIZERS).
+          context_aggregation: how the recognition networks q(c_l | ...) pool the set,
+            "mean" (CHFSGM) or "attention" (SCHA-VAE; the priors p(c_l | ...) keep the
+            mean, as in its public code).
         """
         super().__init__(**kwargs)
         if num_layers < 1:
@@ -196,9 +248,10 @@ class HierarchicalFewShotModel(base.FewShotModel):
                 raise ValueError(f"the encoder must end at 4 x 4 maps (3 stages), got {encoder_channels}")
             self.projection = layers.Chain([layers.dense(hidden_size, use_bias=False), layers.BatchNorm()])
             nets = dict(residual_layers=residual_layers)
+            recognition = dict(nets, aggregation=context_aggregation)
             # Index 0 is the top layer L; the top context pools h alone.
-            self.context_posteriors = [SetLatentNetwork(hidden_size, context_channels, 1, 0, **nets)] + [
-                SetLatentNetwork(hidden_size, context_channels, 2, 1, **nets) for _ in range(num_layers - 1)
+            self.context_posteriors = [SetLatentNetwork(hidden_size, context_channels, 1, 0, **recognition)] + [
+                SetLatentNetwork(hidden_size, context_channels, 2, 1, **recognition) for _ in range(num_layers - 1)
             ]
             self.context_priors = [
                 SetLatentNetwork(hidden_size, context_channels, 1, 1, **nets) for _ in range(num_layers - 1)

@@ -2,13 +2,13 @@
 
 import numpy as np
 import tensorflow as tf
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 
-from oneshot_tf.models import layers
+from oneshot_tf.models import hfsgm, layers
 from tests import helpers
 
 
-class HierarchicalFewShotModelTest(tf.test.TestCase):
+class HierarchicalFewShotModelTest(tf.test.TestCase, parameterized.TestCase):
     def test_joint_weights_average_to_the_bound(self):
         # E_q[log p(X, c, Z) - log q(c, Z | X)] is the bound, whose KLs elbo_terms computes
         # in closed form: a context or latent layer left out of either side, or a sign
@@ -49,8 +49,31 @@ class HierarchicalFewShotModelTest(tf.test.TestCase):
         self.assertNotAllClose(model.log_weights(a, query, 4, seed), model.log_weights(b, query, 4, seed))
         self.assertNotAllClose(model.sample_probs(a, seed), model.sample_probs(b, seed))
 
-    def test_top_context_posterior_ignores_set_order(self):
-        model = helpers.tiny_model("hfsgm")
+    def test_attentive_pool_is_attention_from_the_mean(self):
+        pool = hfsgm.AttentivePool(8, heads=2)
+        items = tf.random.stateless_normal([3, 2, 5, 4, 4, 8], [0, 1])  # [K, batch, T, 4, 4, width]
+        pooled = pool(items).numpy()
+        self.assertEqual(pooled.shape, (3, 2, 4, 4, 8))
+
+        def project(layer, x):
+            return x @ layer.kernel.numpy() + layer.bias.numpy()
+
+        x = items.numpy().astype(np.float64)
+        query = project(pool.query, x.mean(axis=2)).reshape(3, 2, 4, 4, 2, 4)
+        keys = project(pool.key, x).reshape(3, 2, 5, 4, 4, 2, 4)
+        values = project(pool.value, x).reshape(3, 2, 5, 4, 4, 2, 4)
+        similarity = np.einsum("kbhwnd,kbthwnd->kbnt", query, keys) / np.sqrt(4 * 4 * 4)
+        weights = np.exp(similarity - similarity.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        expected = np.einsum("kbnt,kbthwnd->kbhwnd", weights, values).reshape(3, 2, 4, 4, 8)
+        self.assertAllClose(pooled, expected, atol=1e-4)
+        self.assertAllClose(pool(tf.gather(items, [3, 0, 4, 1, 2], axis=2)), pooled, atol=1e-5)
+        same = tf.repeat(items[:, :, :1], 5, axis=2)  # Equal items weigh the same: their value.
+        self.assertAllClose(pool(same), project(pool.value, same.numpy()[:, :, 0]), atol=1e-4)
+
+    @parameterized.parameters("mean", "attention")
+    def test_top_context_posterior_ignores_set_order(self, aggregation):
+        model = helpers.tiny_model("hfsgm", context_aggregation=aggregation)
         sets = helpers.random_images([3, 6, 28, 28, 1])
         permuted = tf.gather(sets, [4, 2, 0, 5, 1, 3], axis=1)
         a, b = model.context_posterior(sets), model.context_posterior(permuted)
@@ -59,8 +82,9 @@ class HierarchicalFewShotModelTest(tf.test.TestCase):
         self.assertAllClose(a.stddev(), b.stddev(), atol=1e-5)
         self.assertNotAllClose(a.mean(), model.context_posterior(sets[:, :3]).mean())
 
-    def test_dynamic_shots_in_graph_mode_match_eager(self):
-        model = helpers.tiny_model("hfsgm")
+    @parameterized.parameters("mean", "attention")
+    def test_dynamic_shots_in_graph_mode_match_eager(self, aggregation):
+        model = helpers.tiny_model("hfsgm", context_aggregation=aggregation)
         spec = [tf.TensorSpec([None, None, 28, 28, 1]), tf.TensorSpec([None, 28, 28, 1]), tf.TensorSpec([2], tf.int32)]
         log_prob = tf.function(lambda s, q, seed: model.log_prob(s, q, 3, seed), input_signature=spec)
         sample = tf.function(model.sample_probs, input_signature=[spec[0], spec[2]])
@@ -73,6 +97,8 @@ class HierarchicalFewShotModelTest(tf.test.TestCase):
     def test_encoder_must_end_at_four_by_four(self):
         with self.assertRaisesRegex(ValueError, "4 x 4"):
             helpers.tiny_model("hfsgm", encoder_channels=(4, 4))
+        with self.assertRaisesRegex(ValueError, "aggregation must be one of mean, attention, got 'max'"):
+            helpers.tiny_model("hfsgm", context_aggregation="max")
 
 
 if __name__ == "__main__":
