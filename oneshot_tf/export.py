@@ -97,7 +97,8 @@ class Servable(tf.Module):
         self._stored = lambda: stored
 
     def _weights(self):
-        """Inside a signature: where the model's variables are read from."""
+        """Inside a signature: where the model's variables are read from. The casts of
+        stored weights happen where this is called (once per call, not per chunk)."""
         stored = self._stored()
         if stored is None:
             return contextlib.nullcontext()
@@ -140,13 +141,14 @@ class Servable(tf.Module):
         numbers (same seed) when they fit in one pass; otherwise pass c is seeded with
         fold_in(seed, c) and the passes are combined by a running log-sum-exp."""
         batch = tf.shape(query)[0]
+        weights_scope = self._weights()
         chunk = tf.maximum(1, tf.minimum(num_samples, MAX_WEIGHTS_PER_PASS // tf.maximum(batch, 1)))
         num_chunks = (num_samples + chunk - 1) // chunk
 
         def body(c, total):
             size = tf.minimum(chunk, num_samples - c * chunk)
             chunk_seed = tf.where(num_chunks == 1, seed, tf.random.experimental.stateless_fold_in(seed, c))
-            with self._weights():
+            with weights_scope:
                 weights = tf.cast(self._model().log_weights(support, query, size, chunk_seed), tf.float32)
             return c + 1, tf.experimental.numpy.logaddexp(total, tf.reduce_logsumexp(weights, axis=0))
 
@@ -180,9 +182,12 @@ def export_model(model, export_root, model_name: str, weights_dtype: str = "floa
     for stale in model_dir.glob(".partial-*"):  # Left by an interrupted export.
         shutil.rmtree(stale, ignore_errors=True)
     partial = model_dir / f".partial-{version}"
-    servable = Servable(model)
-    sample, log_prob = servable.sample.get_concrete_function(), servable.log_prob.get_concrete_function()
-    # Tracing built the model if it was not; its variables exist from here on.
+
+    def trace(servable):
+        return servable.sample.get_concrete_function(), servable.log_prob.get_concrete_function()
+
+    if weights_dtype == "float32" or not model.variables:
+        sample, log_prob = trace(Servable(model))  # Builds a model not yet built.
     variables = [v.value for v in model.variables]
     if weights_dtype != "float32":
         variables = [
@@ -191,8 +196,7 @@ def export_model(model, export_root, model_name: str, weights_dtype: str = "floa
             else v
             for v in variables
         ]
-        servable = Servable(model, variables)
-        sample, log_prob = servable.sample.get_concrete_function(), servable.log_prob.get_concrete_function()
+        sample, log_prob = trace(Servable(model, variables))
     signatures = {"serving_default": sample, "sample": sample, "log_prob": log_prob}
     # The saved root holds the variables and the signatures only: saving the Servable
     # would also store its tf.functions, which TF retraces for that (in its save

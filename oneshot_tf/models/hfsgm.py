@@ -87,7 +87,7 @@ class AttentivePool(keras.layers.Layer):
         return tf.reshape(maps, tf.concat([tf.shape(maps)[:-1], [self.heads, -1]], 0))
 
     def call(self, items: tf.Tensor) -> tf.Tensor:
-        query = self._split_heads(self.query(tf.reduce_mean(items, axis=_ITEMS)))
+        query = self._split_heads(self.query(_pool_items(items)))
         keys, values = self._split_heads(self.key(items)), self._split_heads(self.value(items))
         slice_size = tf.cast(tf.reduce_prod(tf.shape(query)[-4:]) // self.heads, tf.float32)
         similarity = tf.einsum("...hwnd,...thwnd->...nt", query, keys)
