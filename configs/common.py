@@ -51,6 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.schedule = "constant"
     # Linear warm-up of the learning rate over the first steps (any schedule); 0: none.
     config.train.warmup_steps = 0
+    # Start from the weights of an export (e.g. pretrained/hfsgm, or one version folder
+    # of it) instead of a random initialisation; optimizer and schedule start afresh.
+    # Read only when the workdir has no checkpoint yet (oneshot_tf/warm_start.py).
+    config.train.init_from = ""
     # cosine_tail: constant until this step, then a cosine decay to 0 at train.steps.
     config.train.decay_start = 0
     # exponential: multiply by decay_rate every decay_steps.

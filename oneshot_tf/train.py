@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import distribute, errors, evaluate, models, weight_average
+from oneshot_tf import distribute, errors, evaluate, models, warm_start, weight_average
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -437,6 +437,11 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
     if restored:
         logging.info("Resumed from %s at step %d", restored, start)
         _use_configured_learning_rate(optimizer, config.train)
+    elif config.train.init_from:
+        folder = warm_start.initialise(model, config.train.init_from)
+        if trainer.average:
+            trainer.average.restart()
+        logging.info("Starting from the weights of %s (train.init_from)", folder)
     if start >= total_steps:
         logging.info("Already trained: step %d >= train.steps %d", start, total_steps)
         return start

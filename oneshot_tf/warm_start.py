@@ -1,0 +1,63 @@
+"""Training that starts from the weights of an exported SavedModel (train.init_from).
+
+A run that starts at step 0 (no checkpoint in its workdir) with `config.train.init_from`
+set to one of this project's exports (a model base path such as `pretrained/hfsgm`,
+whose newest version is read, or one version folder) takes that model's weights,
+batch-norm statistics included, instead of a random initialisation. The optimizer, the
+step count, the learning-rate schedule and the data stream start afresh; weights stored
+in half precision are cast to the model's. A run that resumes from its own checkpoint
+ignores init_from. The export must come from the same model and model_kwargs: every
+variable's shape is checked, and a mismatch is a ConfigError naming the first one.
+"""
+
+import pathlib
+
+import tensorflow as tf
+
+from oneshot_tf import errors, pretrained
+
+
+def saved_model_dir(path) -> pathlib.Path:
+    """The SavedModel folder of `path`: itself if it holds saved_model.pb, else the
+    newest version of a model base path; ConfigError if neither."""
+    path = pathlib.Path(path)
+    if (path / "saved_model.pb").exists():
+        return path
+    versions = pretrained.saved_model_versions(path)
+    if not versions:
+        raise errors.ConfigError(
+            f"train.init_from={str(path)!r} is neither a SavedModel folder nor a model base path "
+            f"holding one (<path>/<version>/saved_model.pb)"
+        )
+    return path / str(versions[-1])
+
+
+def exported_weights(path) -> list:
+    """The exported model's variables (tf.Variables, in the model's order)."""
+    loaded = tf.saved_model.load(str(path))
+    if not hasattr(loaded, "model_variables"):
+        raise errors.ConfigError(f"{path} is not an export of oneshot_tf (it has no model_variables)")
+    return list(loaded.model_variables)
+
+
+def initialise(model, path) -> pathlib.Path:
+    """Assigns the weights exported at `path` (see saved_model_dir) to the built `model`;
+    returns the SavedModel folder read. Nothing is assigned unless every shape matches."""
+    folder = saved_model_dir(path)
+    weights = exported_weights(folder)
+    variables = model.variables
+    if len(weights) != len(variables):
+        raise errors.ConfigError(
+            f"train.init_from: {folder} holds {len(weights)} variables, the configured model has "
+            f"{len(variables)}: export and config must be the same model and model_kwargs"
+        )
+    for variable, weight in zip(variables, weights):
+        if tuple(variable.shape) != tuple(weight.shape):
+            raise errors.ConfigError(
+                f"train.init_from: {folder} has shape {tuple(weight.shape)} where the configured model's "
+                f"{variable.path} has {tuple(variable.shape)}: export and config must be the same model "
+                f"and model_kwargs"
+            )
+    for variable, weight in zip(variables, weights):
+        variable.assign(tf.cast(weight, variable.dtype))
+    return folder

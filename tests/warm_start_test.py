@@ -1,0 +1,85 @@
+"""train.init_from: a training run that starts from an export's weights."""
+
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from oneshot_tf import errors, export, models, train, warm_start
+from oneshot_tf import workdir as workdir_lib
+from tests import helpers
+
+
+def _built(config):
+    return models.build_model(config.model, **config.model_kwargs.to_dict())
+
+
+def _values(model) -> list:
+    return [np.array(v.numpy()) for v in model.variables]
+
+
+class WarmStartTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.config = helpers.tiny_config("statistician")
+        tf.random.set_seed(1)
+        self.source = _built(self.config)
+        self.root = pathlib.Path(self.create_tempdir().full_path)
+
+    def _export(self, weights_dtype="float32") -> pathlib.Path:
+        return export.export_model(self.source, self.root, "statistician", weights_dtype)
+
+    def test_initialise_copies_every_variable_from_the_newest_version(self):
+        self._export()
+        for v in self.source.variables:  # The second version holds other weights.
+            v.assign(v + 0.25 if tf.as_dtype(v.dtype).is_floating else v)
+        newest = self._export()
+        tf.random.set_seed(2)
+        target = _built(self.config)
+        self.assertNotAllClose(_values(target)[0], _values(self.source)[0])
+        self.assertEqual(warm_start.initialise(target, self.root / "statistician"), newest)
+        for got, want in zip(_values(target), _values(self.source)):
+            self.assertAllEqual(got, want)
+
+    def test_half_precision_weights_are_cast_up(self):
+        folder = self._export("float16")
+        target = _built(self.config)
+        warm_start.initialise(target, folder)
+        for got, want in zip(target.variables, self.source.variables):
+            self.assertEqual(got.dtype, want.dtype)
+            self.assertAllEqual(got.numpy(), tf.cast(tf.cast(want, tf.float16), want.dtype).numpy())
+
+    def test_another_model_is_a_config_error_and_nothing_is_assigned(self):
+        folder = self._export()
+        other = self.config.copy_and_resolve_references()
+        other.model_kwargs.context_size += 1
+        target = _built(other)
+        before = _values(target)
+        with self.assertRaisesRegex(errors.ConfigError, "shape .* same model and model_kwargs"):
+            warm_start.initialise(target, folder)
+        for got, want in zip(_values(target), before):
+            self.assertAllEqual(got, want)
+        with self.assertRaisesRegex(errors.ConfigError, "holds .* variables"):
+            warm_start.initialise(_built(helpers.tiny_config("vae")), folder)
+
+    def test_a_path_without_a_saved_model_is_a_config_error(self):
+        with self.assertRaisesRegex(errors.ConfigError, "neither a SavedModel folder nor a model base path"):
+            warm_start.initialise(_built(self.config), self.root / "nothing")
+
+    def test_a_new_run_starts_from_the_export_and_a_resumed_one_ignores_it(self):
+        config = self.config.copy_and_resolve_references()
+        config.train.init_from = str(self._export())
+        config.train.learning_rate = 0.0  # The trained weights stay the exported ones.
+        config.train.ema_decay = 0.5
+        config.train.steps = 2
+        workdir = self.create_tempdir().full_path
+        self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 2)
+        source_kernels = [v.numpy() for v in self.source.trainable_variables]
+        for average in (False, True):
+            config.train.ema_decay = 0.5 if average else 0.0
+            restored = workdir_lib.restore_model(config, workdir, "latest").model
+            for got, want in zip(restored.trainable_variables, source_kernels):
+                self.assertAllClose(got.numpy(), want)
+        config.train.init_from = str(self.root / "nothing")  # Resuming never reads it.
+        config.train.steps = 3
+        self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 3)
