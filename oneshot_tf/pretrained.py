@@ -70,6 +70,16 @@ class SavedModelAdapter:
             seed=tf.cast(seed, tf.int32),
         )["log_prob"]
 
+    def per_shot_log_probs(self, episodes, num_samples: int, seed: int = 0) -> np.ndarray:
+        """log p(x_t | x_<t) [n, T] for episodes [n, T, 28, 28, 1], t = 1..T, position t
+        seeded [seed, t - 1]: two exports of one model scored with the same seed draw
+        the same importance samples."""
+        columns = [
+            self.log_prob(episodes[:, :t], episodes[:, t], num_samples, tf.constant([seed, t])).numpy()
+            for t in range(episodes.shape[1])
+        ]
+        return np.stack(columns, axis=1)
+
 
 def load(name: str, root=None) -> SavedModelAdapter:
     return SavedModelAdapter(model_dir(name, root))

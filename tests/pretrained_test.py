@@ -49,6 +49,18 @@ class ShippedModelsTest(tf.test.TestCase):
         size = sum(f.stat().st_size for f in folder.parent.rglob("*") if f.is_file())
         self.assertLess(size, 40 << 20, f"pretrained/{name} is {size} bytes; the limit is 40 MB")
 
+    def test_per_shot_log_probs_seeds_each_position(self):
+        if "gmn" not in SHIPPED:
+            self.skipTest("no gmn shipped")
+        model = pretrained.load("gmn")
+        episodes = helpers.random_images([2, 3, 28, 28, 1]).numpy()
+        table = model.per_shot_log_probs(episodes, 4, seed=7)
+        self.assertEqual(table.shape, (2, 3))
+        for t in range(3):
+            column = model.log_prob(episodes[:, :t], episodes[:, t], 4, [7, t]).numpy()
+            self.assertAllClose(table[:, t], column)
+        self.assertNotAllClose(model.per_shot_log_probs(episodes, 4, seed=8), table)
+
 
 class CommandLineTest(tf.test.TestCase):
     @classmethod

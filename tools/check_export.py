@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from oneshot_tf import configs, evaluate, precision
+from oneshot_tf import configs, evaluate, precision, pretrained
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -39,30 +39,23 @@ def main(argv):
     workdir = pathlib.Path(_WORKDIR.value)
     model_dir = workdir / "export" / config.model
     version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-    loaded = tf.saved_model.load(str(model_dir / str(version)))
+    adapter = pretrained.SavedModelAdapter(model_dir / str(version))
     model, step, *_ = workdir_lib.restore_model(config, workdir)
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)
     test = episodes.fixed_episodes(splits["test"], num_episodes=_EPISODES.value, set_size=4, seed=0)["images"]
     evaluator = evaluate.per_shot_log_probs(model, test, num_samples=_NUM_SAMPLES.value, seed=0)
-    exported = np.zeros((_REPEATS.value,) + evaluator.shape)
-    for r in range(_REPEATS.value):
-        for t in range(test.shape[1]):
-            exported[r, :, t] = loaded.signatures["log_prob"](
-                support=tf.constant(test[:, :t]),
-                query=tf.constant(test[:, t]),
-                num_samples=tf.constant(_NUM_SAMPLES.value),
-                seed=tf.constant([r + 1, t]),
-            )["log_prob"].numpy()
+    exported = np.stack(
+        [adapter.per_shot_log_probs(test, _NUM_SAMPLES.value, seed=r + 1) for r in range(_REPEATS.value)]
+    )
     difference = evaluator - exported.mean(axis=0)
     spread = exported.std(axis=0, ddof=1)
     support = tf.constant(test[:1, :4].repeat(2, axis=1)[:, :5])
-    sample = loaded.signatures["sample"]
     for _ in range(5):
-        sample(support=support, seed=tf.constant([0, 0]))
+        adapter.sample(support, tf.constant([0, 0]))
     latencies = []
     for i in range(200):
         start = time.perf_counter()
-        sample(support=support, seed=tf.constant([i, 0]))
+        adapter.sample(support, tf.constant([i, 0]))
         latencies.append(time.perf_counter() - start)
     report = {
         "export": str(model_dir / str(version)),

@@ -12,9 +12,9 @@ the mean of b - a and the largest |b - a| over the episodes (nats), as one JSON 
 import json
 
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
+from oneshot_tf import pretrained
 from oneshot_tf.data import episodes, omniglot
 
 _A = flags.DEFINE_string("a", None, "First SavedModel folder.", required=True)
@@ -25,26 +25,14 @@ _SHOTS = flags.DEFINE_integer("shots", 4, "Scores positions t = 1..shots+1.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 
 
-def per_shot(path: str, test: np.ndarray, num_samples: int) -> np.ndarray:
-    """log p(x_t | x_<t) from the SavedModel at `path`: [episodes, positions]."""
-    log_prob = tf.saved_model.load(path).signatures["log_prob"]
-    columns = [
-        log_prob(
-            support=tf.constant(test[:, :t]),
-            query=tf.constant(test[:, t]),
-            num_samples=tf.constant(num_samples),
-            seed=tf.constant([0, t]),
-        )["log_prob"].numpy()
-        for t in range(test.shape[1])
-    ]
-    return np.stack(columns, axis=1)
-
-
 def main(argv):
     del argv
     splits = omniglot.load_splits(data_dir=_DATA_DIR.value or omniglot.default_data_dir(), split="lake")
     test = episodes.fixed_episodes(splits["test"], num_episodes=_EPISODES.value, set_size=_SHOTS.value + 1, seed=0)
-    a, b = (per_shot(path, test["images"], _NUM_SAMPLES.value) for path in (_A.value, _B.value))
+    a, b = (
+        pretrained.SavedModelAdapter(path).per_shot_log_probs(test["images"], _NUM_SAMPLES.value, seed=0)
+        for path in (_A.value, _B.value)
+    )
     difference = b - a
     print(
         json.dumps(
