@@ -382,7 +382,7 @@ class HierarchicalFewShotModel(base.FewShotModel):
         return shots == 0 if shots is not None else tf.equal(tf.shape(support)[1], 0)
 
     def log_weights(self, support: tf.Tensor, query: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
-        return _branch(
+        return layers.branch(
             self._zero_shots(support),
             lambda: self.set_log_weights(query[:, None], num_samples, seed),
             lambda: self._query_log_weights(support, query, num_samples, seed),
@@ -419,12 +419,6 @@ class HierarchicalFewShotModel(base.FewShotModel):
             contexts = self._support_contexts(support, 1, context_seed)
             return self._generate([c[0] for c in contexts], batch_size, latent_seed)
 
-        return _branch(self._zero_shots(support), lambda: self._generate(None, batch_size, latent_seed), conditional)
-
-
-def _branch(predicate, if_true, if_false):
-    """`if_true()` or `if_false()`: a Python choice when `predicate` is a bool (static
-    shapes), tf.cond otherwise (a serving signature with a dynamic number of shots)."""
-    if isinstance(predicate, bool):
-        return if_true() if predicate else if_false()
-    return tf.cond(predicate, if_true, if_false)
+        return layers.branch(
+            self._zero_shots(support), lambda: self._generate(None, batch_size, latent_seed), conditional
+        )

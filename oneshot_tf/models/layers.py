@@ -56,13 +56,17 @@ def encode_items(encoder, images: tf.Tensor, output_size: int, training: bool = 
     def empty():
         return tf.zeros([0, output_size], encoder.compute_dtype)
 
-    if flat.shape[0] == 0:
-        features = empty()
-    elif flat.shape[0] is not None:
-        features = encode()
-    else:
-        features = tf.cond(tf.shape(flat)[0] > 0, encode, empty)
+    items = flat.shape[0]
+    features = branch(items > 0 if items is not None else tf.shape(flat)[0] > 0, encode, empty)
     return split_leading(features, leading)
+
+
+def branch(predicate, if_true, if_false):
+    """`if_true()` or `if_false()`: a Python choice when `predicate` is a bool (static
+    shapes), tf.cond otherwise (e.g. a serving signature with a dynamic number of shots)."""
+    if isinstance(predicate, bool):
+        return if_true() if predicate else if_false()
+    return tf.cond(predicate, if_true, if_false)
 
 
 # Layers that emit distribution parameters (pixel logits, Gaussian means and scales)
