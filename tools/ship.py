@@ -4,7 +4,7 @@
       --command="python -m oneshot_tf.main --model=gmn ..." [--force]
 
 Copies the newest export (<workdir>/export/<model>/<v>/) as pretrained/<model>/1/,
-with eval.json, per_shot.png, the newest sample grid, config.json and PROVENANCE.md
+with eval.json, per_shot.png, the newest sample grid (required), config.json and PROVENANCE.md
 (steps, wall time, machine, command, commit, numbers). A model already shipped is
 replaced only when the new one's mean of t = 1..5 (eval.json) is higher, unless
 --force. Refuses a model folder over 40 MB. Prints what it did.
@@ -37,6 +37,9 @@ def main(argv):
     exports = [workdir / "export" / name / str(v) for v in pretrained.saved_model_versions(workdir / "export" / name)]
     if not exports:
         raise SystemExit(f"error: no export in {workdir / 'export' / name}: run --mode=export")
+    grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
+    if not grids:
+        raise SystemExit(f"error: no sample grid in {workdir / 'samples'}: run --mode=sample first")
     target = _ROOT / name
     if (target / "eval.json").exists() and not _FORCE.value:
         shipped = json.loads((target / "eval.json").read_text())["mean_t1_to_5"]["log_prob"]
@@ -51,9 +54,7 @@ def main(argv):
     shutil.copy(workdir / "config.json", staging / "config.json")
     if (workdir / "per_shot.png").exists():
         shutil.copy(workdir / "per_shot.png", staging / "per_shot.png")
-    grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
-    if grids:
-        shutil.copy(grids[-1], staging / "samples.png")
+    shutil.copy(grids[-1], staging / "samples.png")
     stored = tf.train.load_checkpoint(str(staging / "1" / "variables" / "variables")).get_variable_to_dtype_map()
     stored_dtypes = ", ".join(sorted({d.name for d in stored.values() if d.is_floating}))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
