@@ -26,17 +26,23 @@ def saved_model_versions(base) -> list:
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists())
 
 
+def newest_version(base) -> pathlib.Path | None:
+    """<base>/<newest complete version>/ of a model base path, or None if it has none."""
+    versions = saved_model_versions(base)
+    return pathlib.Path(base) / str(versions[-1]) if versions else None
+
+
 def model_dir(name: str, root=None) -> pathlib.Path:
     """pretrained/<name>/<newest version>/; CheckpointError if none is shipped."""
     base = pathlib.Path(root or ROOT) / name
-    versions = saved_model_versions(base)
-    if not versions:
+    newest = newest_version(base)
+    if newest is None:
         shipped = {p.parent.parent.name for p in pathlib.Path(root or ROOT).glob("*/*/saved_model.pb")}
         raise errors.CheckpointError(
             f"no shipped {name} model in {base} (shipped: {', '.join(sorted(shipped)) or 'none'}); "
             f"train one with --mode=train"
         )
-    return base / str(versions[-1])
+    return newest
 
 
 def available(name: str, root=None) -> bool:

@@ -23,13 +23,13 @@ def saved_model_dir(path) -> pathlib.Path:
     path = pathlib.Path(path)
     if (path / "saved_model.pb").exists():
         return path
-    versions = pretrained.saved_model_versions(path)
-    if not versions:
+    newest = pretrained.newest_version(path)
+    if newest is None:
         raise errors.ConfigError(
             f"train.init_from={str(path)!r} is neither a SavedModel folder nor a model base path "
             f"holding one (<path>/<version>/saved_model.pb)"
         )
-    return path / str(versions[-1])
+    return newest
 
 
 def exported_weights(path) -> list:
