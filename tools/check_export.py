@@ -1,6 +1,6 @@
 """Checks an exported SavedModel against the in-process evaluator and times `sample`.
 
-  python tools/check_export.py --workdir=runs/iwae --model=iwae [--episodes=100 --num_samples=1000]
+  python tools/check_export.py --workdir=runs/iwae --config=configs/iwae.py [--episodes=100 --num_samples=1000]
 
 Scores x_t given x_<t on test episodes (t = 1..T) with the exported `log_prob`
 signature and with oneshot_tf.evaluate (independent Monte Carlo samples), and
@@ -15,17 +15,19 @@ import time
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
+from ml_collections import config_flags
 
-from oneshot_tf import configs, evaluate, precision, pretrained
+from oneshot_tf import evaluate, precision, pretrained
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with checkpoints and export/.", required=True)
-_MODEL = flags.DEFINE_string("model", None, "Model name (configs/<model>.py).", required=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The workdir's config file[:variant] (and overrides).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
 _EPISODES = flags.DEFINE_integer("episodes", 100, "Test episodes.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Importance samples K.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Seeds for the Monte Carlo spread.")
+_LATENCY_CALLS = flags.DEFINE_integer("latency_calls", 200, "Timed `sample` calls.")
 
 
 def _data_dir():
@@ -34,12 +36,15 @@ def _data_dir():
 
 def main(argv):
     del argv
-    config = configs.get_config(_MODEL.value)
+    config = _CONFIG.value
+    if config is None:
+        raise SystemExit("error: --config is required (the workdir's, e.g. configs/iwae.py)")
     precision.set_policy(config.precision)
     workdir = pathlib.Path(_WORKDIR.value)
-    model_dir = workdir / "export" / config.model
-    version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-    adapter = pretrained.SavedModelAdapter(model_dir / str(version))
+    export = pretrained.newest_version(workdir / "export" / config.model)
+    if export is None:
+        raise SystemExit(f"error: no export in {workdir / 'export' / config.model}: run --mode=export")
+    adapter = pretrained.SavedModelAdapter(export)
     model, step, *_ = workdir_lib.restore_model(config, workdir)
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)
     test = episodes.fixed_episodes(splits["test"], num_episodes=_EPISODES.value, set_size=4, seed=0)["images"]
@@ -53,12 +58,12 @@ def main(argv):
     for _ in range(5):
         adapter.sample(support, tf.constant([0, 0]))
     latencies = []
-    for i in range(200):
+    for i in range(_LATENCY_CALLS.value):
         start = time.perf_counter()
         adapter.sample(support, tf.constant([i, 0]))
         latencies.append(time.perf_counter() - start)
     report = {
-        "export": str(model_dir / str(version)),
+        "export": str(export),
         "checkpoint_step": step,
         "episodes": _EPISODES.value,
         "num_samples": _NUM_SAMPLES.value,

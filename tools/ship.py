@@ -26,30 +26,33 @@ _COMMAND = flags.DEFINE_string("command", "", "The training command, for the pro
 _WALL_TIME = flags.DEFINE_string("wall_time", "", "Training wall time, for the provenance.")
 _NOTES = flags.DEFINE_string("notes", "", "Anything else the provenance should say.")
 _FORCE = flags.DEFINE_bool("force", False, "Replace a shipped model even if it is not better.")
-_ROOT = pretrained.ROOT
+_ROOT = flags.DEFINE_string("root", str(pretrained.ROOT), "Folder of the shipped models (pretrained/).")
 _LIMIT = 40 << 20
 
 
 def main(argv):
     del argv
     workdir, name = pathlib.Path(_WORKDIR.value), _MODEL.value
+    if not (workdir / "eval.json").exists():
+        raise SystemExit(f"error: no {workdir / 'eval.json'}: run --mode=eval first")
     result = json.loads((workdir / "eval.json").read_text())
-    exports = [workdir / "export" / name / str(v) for v in pretrained.saved_model_versions(workdir / "export" / name)]
-    if not exports:
+    export = pretrained.newest_version(workdir / "export" / name)
+    if export is None:
         raise SystemExit(f"error: no export in {workdir / 'export' / name}: run --mode=export")
     grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
     if not grids:
         raise SystemExit(f"error: no sample grid in {workdir / 'samples'}: run --mode=sample first")
-    target = _ROOT / name
+    root = pathlib.Path(_ROOT.value)
+    target = root / name
     if (target / "eval.json").exists() and not _FORCE.value:
         shipped = json.loads((target / "eval.json").read_text())["mean_t1_to_5"]["log_prob"]
         if result["mean_t1_to_5"]["log_prob"] <= shipped:
             raise SystemExit(
                 f"not shipped: mean of t=1..5 {result['mean_t1_to_5']['log_prob']:.2f} is not above the shipped {shipped:.2f}"
             )
-    staging = _ROOT / f".{name}.partial"
+    staging = root / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(exports[-1], staging / "1")
+    shutil.copytree(export, staging / "1")
     shutil.copy(workdir / "eval.json", staging / "eval.json")
     shutil.copy(workdir / "config.json", staging / "config.json")
     if (workdir / "per_shot.png").exists():
@@ -93,7 +96,7 @@ def main(argv):
         )
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    print(f"shipped {exports[-1]} as {target}/1 ({size / 2**20:.1f} MB)")
+    print(f"shipped {export} as {target}/1 ({size / 2**20:.1f} MB)")
 
 
 if __name__ == "__main__":
