@@ -97,6 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.episodes = 1000
     config.eval.c_test = 1
     config.eval.set_size = 10
+    # Items of a character drawn with replacement, as the GMN authors' code did (a later
+    # item can copy an earlier one, which flatters late shots): for comparing with their
+    # table only; writes eval_with_replacement.json beside the protocol's eval.json.
+    config.eval.with_replacement = False
     # Importance samples K per log p(x_t | x_<t).
     config.eval.num_samples = 1000
     config.eval.seed = 0

@@ -221,9 +221,10 @@ def estimator_note(model) -> str:
     return "; ".join(notes)
 
 
-def eval_filename(c_test: int) -> str:
-    """eval.json for the headline C_test = 1; eval_c<N>.json for the other variants."""
-    return "eval.json" if c_test == 1 else f"eval_c{c_test}.json"
+def eval_filename(c_test: int, with_replacement: bool = False) -> str:
+    """eval.json for the headline protocol (C_test = 1, items without replacement);
+    eval_c<N>.json and eval[_c<N>]_with_replacement.json for the variants."""
+    return "eval" + (f"_c{c_test}" if c_test != 1 else "") + ("_with_replacement" if with_replacement else "") + ".json"
 
 
 def protocol_episodes(eval_config, test_characters, num_episodes: int | None = None) -> np.ndarray:
@@ -234,6 +235,7 @@ def protocol_episodes(eval_config, test_characters, num_episodes: int | None = N
         num_episodes=num_episodes or eval_config.episodes,
         set_size=eval_config.set_size,
         num_classes=eval_config.c_test,
+        with_replacement=eval_config.with_replacement,
         seed=eval_config.seed,
     )["images"]
 
@@ -255,6 +257,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "source": omniglot.resolve_source(config.data.source, data_dir),
         "split": config.data.split,
         "c_test": config.eval.c_test,
+        "with_replacement": config.eval.with_replacement,
         "episodes": config.eval.episodes,
         "set_size": config.eval.set_size,
         "num_samples": config.eval.num_samples,
@@ -312,7 +315,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             "num_samples": config.eval.classification_num_samples,
             "seconds": round(time.time() - start, 1),
         }
-    output = workdir / eval_filename(config.eval.c_test)
+    output = workdir / eval_filename(config.eval.c_test, config.eval.with_replacement)
     workdir_lib.write_json(output, result)
     figure = plots.per_shot_figure(result, output.with_name(output.stem.replace("eval", "per_shot") + ".png"))
     with tf.summary.create_file_writer(str(workdir / "tensorboard" / "eval")).as_default():

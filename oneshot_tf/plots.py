@@ -48,6 +48,8 @@ def per_shot_figure(result: dict, path) -> pathlib.Path:
     ax.set_xticks(shots)
     ax.grid(alpha=0.3)
     title = f"Per-shot log-likelihood, C_test = {result.get('c_test', 1)}, {result['episodes']} test episodes"
+    if result.get("with_replacement"):
+        title += ",\nitems drawn with replacement"
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

@@ -58,6 +58,16 @@ class EndToEndTest(tf.test.TestCase):
         self.assertTrue((workdir / "per_shot_c2.png").exists())
         self.assertEqual(json.loads((workdir / "eval.json").read_text()), result)
 
+        with config.unlocked():
+            config.eval.c_test = 1
+            config.eval.with_replacement = True
+        main.run_modes("eval", config, workdir, helpers.DATA_DIR)
+        with_replacement = json.loads((workdir / "eval_with_replacement.json").read_text())
+        self.assertTrue(with_replacement["with_replacement"])
+        self.assertNotEqual(with_replacement["per_shot"], result["per_shot"])
+        self.assertTrue((workdir / "per_shot_with_replacement.png").exists())
+        self.assertEqual(json.loads((workdir / "eval.json").read_text()), result)
+
         png = tf.io.decode_png((workdir / "samples" / "samples_step2.png").read_bytes())
         rows = config.sample.rows
         self.assertEqual(png.shape[0], rows * 30 + 2)

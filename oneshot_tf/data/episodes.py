@@ -3,7 +3,9 @@
 An episode holds `set_size` items. Its classes are `num_classes` distinct characters;
 `class_mix` says how items are shared among them (`balanced`: as evenly as possible,
 `random`: each item's class uniform, so some episodes use fewer classes). Inside a
-class, items are distinct drawers (drawn without replacement). Item order is random.
+class, items are distinct drawers (drawn without replacement), unless
+`with_replacement` (the GMN authors' sampler: a later item can be an exact copy of an
+earlier one; only for comparing with their numbers). Item order is random.
 
 Everything is a stateless function of (seed, episode batch index), so a pipeline
 restarted at batch index i yields exactly what the uninterrupted one would have, and
@@ -48,12 +50,14 @@ def random_dilation(images: tf.Tensor, probability: float, seed: tf.Tensor) -> t
     return tf.reshape(tf.where(chosen, dilated, flat), tf.shape(images))
 
 
-def check_episode_shape(set_size: int, num_classes: int, num_characters: int, num_drawers: int):
+def check_episode_shape(
+    set_size: int, num_classes: int, num_characters: int, num_drawers: int, with_replacement: bool = False
+):
     if num_classes < 1 or set_size < 1:
         raise omniglot.DataError(f"set_size={set_size} and num_classes={num_classes} must be >= 1")
     if num_classes > num_characters:
         raise omniglot.DataError(f"num_classes={num_classes} exceeds the {num_characters} characters available")
-    if set_size > num_classes * num_drawers:
+    if set_size > num_classes * num_drawers and not with_replacement:
         raise omniglot.DataError(
             f"set_size={set_size} needs more than num_classes * {num_drawers} drawers "
             "(items of a class are drawn without replacement)"
@@ -68,13 +72,14 @@ def sample_episodes(
     set_size: int,
     num_classes: int,
     class_mix: str = "balanced",
+    with_replacement: bool = False,
 ) -> dict:
     """Draws one batch of episodes.
 
     Args:
       images: uint8 ink levels [num_characters, num_drawers, 28, 28].
       seed: int32 [2].
-      batch_size, set_size, num_classes, class_mix: see the module docstring.
+      batch_size, set_size, num_classes, class_mix, with_replacement: see the module docstring.
 
     Returns:
       dict with `ink` uint8 [batch, set_size, 28, 28], `labels` int32 [batch, set_size]
@@ -84,7 +89,7 @@ def sample_episodes(
     if class_mix not in CLASS_MIXES:
         raise omniglot.DataError(f"unknown class_mix {class_mix!r}; valid: {', '.join(CLASS_MIXES)}")
     num_characters, num_drawers = images.shape[0], images.shape[1]
-    check_episode_shape(set_size, num_classes, num_characters, num_drawers)
+    check_episode_shape(set_size, num_classes, num_characters, num_drawers, with_replacement)
     class_seed, mix_seed, drawer_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
 
     # C distinct characters per episode: the first C of a random permutation.
@@ -102,12 +107,17 @@ def sample_episodes(
         labels = tf.gather(slots, order, batch_dims=1)
     labels = tf.cast(labels, tf.int32)  # [B, T]
 
-    # Within class, the k-th item of that class takes the k-th drawer of a permutation.
-    one_hot = tf.one_hot(labels, num_classes, dtype=tf.int32)  # [B, T, C]
-    rank = tf.reduce_sum((tf.cumsum(one_hot, axis=1) - 1) * one_hot, axis=-1)  # [B, T]
-    drawer_perm = tf.argsort(tf.random.stateless_uniform([batch_size, num_classes, num_drawers], drawer_seed), axis=-1)
-    class_perm = tf.gather(drawer_perm, labels, batch_dims=1)  # [B, T, drawers]
-    drawers = tf.gather(class_perm, rank, batch_dims=2)  # [B, T]
+    if with_replacement:
+        drawers = tf.random.stateless_uniform([batch_size, set_size], drawer_seed, maxval=num_drawers, dtype=tf.int32)
+    else:
+        # Within class, the k-th item of that class takes the k-th drawer of a permutation.
+        one_hot = tf.one_hot(labels, num_classes, dtype=tf.int32)  # [B, T, C]
+        rank = tf.reduce_sum((tf.cumsum(one_hot, axis=1) - 1) * one_hot, axis=-1)  # [B, T]
+        drawer_perm = tf.argsort(
+            tf.random.stateless_uniform([batch_size, num_classes, num_drawers], drawer_seed), axis=-1
+        )
+        class_perm = tf.gather(drawer_perm, labels, batch_dims=1)  # [B, T, drawers]
+        drawers = tf.gather(class_perm, rank, batch_dims=2)  # [B, T]
 
     # Random item order.
     shuffle = tf.argsort(tf.random.stateless_uniform([batch_size, set_size], order_seed), axis=1)
@@ -130,6 +140,7 @@ def episode_dataset(
     set_size: int,
     num_classes: int = 1,
     class_mix: str = "balanced",
+    with_replacement: bool = False,
     binarization: str = "fixed",
     dilation_probability: float = 0.0,
     seed: int = 0,
@@ -140,7 +151,7 @@ def episode_dataset(
     Args:
       characters: the characters to draw from.
       batch_size: episodes per element.
-      set_size, num_classes, class_mix: see the module docstring.
+      set_size, num_classes, class_mix, with_replacement: see the module docstring.
       binarization: `fixed` or `dynamic` (fresh Bernoulli draws at every batch).
       dilation_probability: chance that an item's strokes are thickened (augmentation).
       seed: the stream's seed.
@@ -150,7 +161,7 @@ def episode_dataset(
       A dataset of dicts: `images` float32 [batch, set_size, 28, 28, 1] (ink = 1.0),
       `labels` int32 [batch, set_size].
     """
-    check_episode_shape(set_size, num_classes, len(characters), characters.images.shape[1])
+    check_episode_shape(set_size, num_classes, len(characters), characters.images.shape[1], with_replacement)
     if binarization not in BINARIZATIONS:
         raise omniglot.DataError(f"unknown binarization {binarization!r}; valid: {', '.join(BINARIZATIONS)}")
     images = tf.constant(characters.images)
@@ -166,6 +177,7 @@ def episode_dataset(
             set_size=set_size,
             num_classes=num_classes,
             class_mix=class_mix,
+            with_replacement=with_replacement,
         )
         binary = binarize(episode["ink"], binarization, binarize_seed)[..., None]
         if dilation_probability > 0:
@@ -183,9 +195,11 @@ def fixed_episodes(
     set_size: int,
     num_classes: int = 1,
     class_mix: str = "balanced",
+    with_replacement: bool = False,
     seed: int = 0,
 ) -> dict:
-    """A reproducible evaluation set: `num_episodes` episodes, fixed binarisation.
+    """A reproducible evaluation set: `num_episodes` episodes, fixed binarisation
+    (with_replacement and the rest: see episode_dataset).
 
     Returns:
       dict of numpy arrays: `images` float32 [num_episodes, set_size, 28, 28, 1],
@@ -197,6 +211,7 @@ def fixed_episodes(
         set_size=set_size,
         num_classes=num_classes,
         class_mix=class_mix,
+        with_replacement=with_replacement,
         binarization="fixed",
         seed=seed,
     )

@@ -31,6 +31,19 @@ class EpisodesTest(tf.test.TestCase, parameterized.TestCase):
             self.assertLessEqual(len(set(characters.tolist())), num_classes)
             self.assertTrue(np.all(drawers < 20) and np.all(drawers >= 0))
 
+    def test_with_replacement_items_repeat_at_the_rate_of_uniform_draws(self):
+        # 5 items of one character from 20 drawers: P(some drawer twice) = 1 - 20*19*18*17*16 / 20**5.
+        sample = self._sample(batch_size=2000, set_size=5, num_classes=1, with_replacement=True)
+        repeats = np.mean([len(set(drawers.tolist())) < 5 for drawers in sample["drawers"]])
+        self.assertAllClose(repeats, 1 - 20 * 19 * 18 * 17 * 16 / 20**5, atol=0.04)
+        self.assertTrue(np.all(sample["drawers"] < 20) and np.all(sample["drawers"] >= 0))
+        expected = self.splits["train"].images[sample["characters"], sample["drawers"]]
+        self.assertAllEqual(sample["ink"], expected)
+        # More items than drawers is then a valid episode.
+        self.assertEqual(
+            self._sample(batch_size=1, set_size=30, num_classes=1, with_replacement=True)["ink"].shape[1], 30
+        )
+
     def test_balanced_mix_spreads_items_evenly(self):
         sample = self._sample(batch_size=16, set_size=10, num_classes=3, class_mix="balanced")
         for labels in sample["labels"]:
