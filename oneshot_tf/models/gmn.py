@@ -179,6 +179,7 @@ class GenerativeMatchingNetwork(base.FewShotModel):
     """GMN with an FC or conv (ResNet-style) embedding and generator."""
 
     one_pass_scoring = True
+    separable_elbo = True
 
     def __init__(
         self,
@@ -250,8 +251,9 @@ class GenerativeMatchingNetwork(base.FewShotModel):
         ones = tf.ones(tf.stack([tf.shape(support)[0], num_queries, 1]), support.dtype)
         return self.prior_head(self.prior_controller(ones, support, mask))
 
-    def _terms(self, support, mask, query_embeddings, query_images, draw_z, training) -> tf.Tensor:
-        """Log-weights [K, B, Q] of queries [B, Q] against support slots [B, J] under mask [Q, J].
+    def _term_parts(self, support, mask, query_embeddings, query_images, draw_z, training) -> tuple:
+        """Queries [B, Q] against support slots [B, J] under mask [Q, J] -> (log p(x | z, support),
+        log q(z | x, support) - log p(z | support)), each [K, B, Q]; the log-weight is their difference.
 
         draw_z: maps the posterior (batch [B, Q]) to samples z [K, B, Q, latent].
         """
@@ -262,25 +264,38 @@ class GenerativeMatchingNetwork(base.FewShotModel):
         code = tf.concat([tf.cast(z, read.dtype), read], axis=-1)
         logits = layers.batch_apply(lambda c: self.decoder(c, training=training), code, num_dims=3)
         likelihood = layers.bernoulli_images(logits)
-        return likelihood.log_prob(query_images) + prior.log_prob(z) - posterior.log_prob(z)
+        return likelihood.log_prob(query_images), posterior.log_prob(z) - prior.log_prob(z)
 
-    def _causal_terms(self, episodes: tf.Tensor, draw_z, training: bool) -> tf.Tensor:
-        """All positions in one pass: [B, T, 28, 28, 1] -> log-weights [K, B, T]."""
+    def _causal_parts(self, episodes: tf.Tensor, draw_z, training: bool) -> tuple:
+        """All positions in one pass: [B, T, 28, 28, 1] -> `_term_parts` [K, B, T] each."""
         embeddings = self._embed(episodes, training)
         # Position t sees the pseudo-input (slot 0) and the items before it.
         mask = layers.causal_mask(tf.shape(episodes)[1])
-        return self._terms(self._support(embeddings), mask, embeddings, episodes, draw_z, training)
+        return self._term_parts(self._support(embeddings), mask, embeddings, episodes, draw_z, training)
+
+    def _causal_terms(self, episodes: tf.Tensor, draw_z, training: bool) -> tf.Tensor:
+        """All positions in one pass: [B, T, 28, 28, 1] -> log-weights [K, B, T]."""
+        log_likelihood, log_ratio = self._causal_parts(episodes, draw_z, training)
+        return log_likelihood - log_ratio
 
     def _set_terms(self, support: tf.Tensor, query: tf.Tensor, draw_z) -> tf.Tensor:
         """One query per support set (no mask): support [B, S], query [B] -> [K, B]."""
         slots, mask = self._open_support(support)
         query = query[:, None]
-        return self._terms(slots, mask, self._embed(query, False), query, draw_z, training=False)[..., 0]
+        log_likelihood, log_ratio = self._term_parts(slots, mask, self._embed(query, False), query, draw_z, False)
+        return (log_likelihood - log_ratio)[..., 0]
 
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
         base.check_images(batch, 5, "batch")
         terms = self._causal_terms(batch, lambda q: q.sample(1, seed=seed), training)
         return tf.reduce_sum(terms[0], axis=1)
+
+    def elbo_terms(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tuple:
+        """(log p(x_t | z_t, x_<t), log q(z_t | x_t, x_<t) - log p(z_t | x_<t)) summed over t,
+        one z sample per item (the KL estimated at it, as in `elbo`): float32 [batch] each."""
+        base.check_images(batch, 5, "batch")
+        log_likelihood, log_ratio = self._causal_parts(batch, lambda q: q.sample(1, seed=seed), training)
+        return tf.reduce_sum(log_likelihood[0], axis=1), tf.reduce_sum(log_ratio[0], axis=1)
 
     def per_shot_log_weights(self, episodes: tf.Tensor, num_samples, seed: tf.Tensor) -> tf.Tensor:
         base.check_images(episodes, 5, "episodes")

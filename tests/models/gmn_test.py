@@ -58,6 +58,18 @@ class GmnTest(tf.test.TestCase, parameterized.TestCase):
             y_t = tf.transpose(y, [0, 2, 1])
             self.assertAllClose(gmn._per_set_matmul(x, y_t, transpose_y=True), expected, atol=1e-5)
 
+    def test_elbo_terms_are_the_likelihood_and_the_sampled_kl(self):
+        model = helpers.tiny_model("gmn")
+        episodes = helpers.random_images([3, 5, 28, 28, 1])
+        seed = tf.constant([3, 4])
+        log_likelihood, kl = model.elbo_terms(episodes, seed)
+        self.assertEqual(log_likelihood.shape, (3,))
+        self.assertAllClose(model.elbo(episodes, seed), log_likelihood - kl, atol=1e-3)
+        self.assertAllLess(log_likelihood, 0.0)
+        # Averaged over its own samples, log q - log p estimates KL(q || p) >= 0.
+        kls = [model.elbo_terms(episodes, tf.constant([s, 0]))[1] for s in range(20)]
+        self.assertGreater(float(tf.reduce_mean(kls)), 0.0)
+
     def test_one_episode_scores_as_in_a_batch(self):
         # One episode (B = 1) with K samples in a graph: oneDNN's broadcasting batch
         # matmul crashed here; the episode's log-weights must equal its row of a batch.
