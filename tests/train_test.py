@@ -295,10 +295,13 @@ class EndToEndTest(tf.test.TestCase):
     def test_likelihood_weight_schedule_and_its_config_checks(self):
         weights = [float(train.likelihood_weight(tf.constant(s, tf.int64), 300)) for s in (0, 299, 300, 600, 3000)]
         self.assertAllClose(weights, [2.0, 2.0, 1.5, 1.25, 1 + 0.5**10])
-        config = helpers.tiny_config("gmn")
+        config = helpers.tiny_config("seqgen")
         config.train.likelihood_weight_period = 300
         with self.assertRaisesRegex(errors.ConfigError, "likelihood_weight_period needs a model that splits"):
             train.Trainer(config)
+        config = helpers.tiny_config("gmn")  # It splits its bound: the weighting is accepted.
+        config.train.likelihood_weight_period = 300
+        self.assertTrue(train.Trainer(config).model.separable_elbo)
         config.train.likelihood_weight_period = 0
         config.train.grad_clip_norm, config.train.grad_clip_value = 1.0, 0.5
         with self.assertRaisesRegex(errors.ConfigError, "at most one of train.grad_clip_norm"):
