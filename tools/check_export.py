@@ -38,7 +38,7 @@ def main(argv):
     del argv
     config = _CONFIG.value
     if config is None:
-        raise SystemExit("error: --config is required (the workdir's, e.g. configs/iwae.py)")
+        raise app.UsageError("--config is required (the workdir's, e.g. configs/iwae.py)")
     precision.set_policy(config.precision)
     workdir = pathlib.Path(_WORKDIR.value)
     export = pretrained.newest_version(workdir / "export" / config.model)
