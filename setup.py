@@ -28,6 +28,6 @@ setuptools.setup(
         "matplotlib",  # per_shot.png and learning curves.
     ],
     # The browser tests drive Debian's Chromium (/usr/bin/chromium) through Playwright.
-    extras_require={"test": ["pytest", "ruff", "playwright", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "ruff", "playwright", "hypothesis"]},
     entry_points={"console_scripts": ["oneshot-tf=oneshot_tf.main:run"]},
 )
