@@ -7,12 +7,16 @@ batch-norm statistics included, instead of a random initialisation. The optimize
 step count, the learning-rate schedule and the data stream start afresh; weights stored
 in half precision are cast to the model's. A run that resumes from its own checkpoint
 ignores init_from. The export must come from the same model and model_kwargs: every
-variable's shape is checked, and a mismatch is a ConfigError naming the first one.
+variable's shape is checked, and a mismatch is a ConfigError naming the first one. One
+exception: a model that extends a simpler one (`warm_start_additions()`, e.g. SCHA-VAE's
+attention over an hfsgm that pools by the mean) starts from the simpler model's export,
+its added layers set to compute what they replace, so it starts as the same function.
 """
 
 import pathlib
 
 import tensorflow as tf
+from absl import logging
 
 from oneshot_tf import errors, pretrained
 
@@ -42,14 +46,20 @@ def exported_weights(path) -> list:
 
 def initialise(model, path) -> pathlib.Path:
     """Assigns the weights exported at `path` (see saved_model_dir) to the built `model`;
-    returns the SavedModel folder read. Nothing is assigned unless every shape matches."""
+    returns the SavedModel folder read. Nothing is assigned unless every shape matches.
+    An export without the model's `warm_start_additions()` fills the rest of the model;
+    the additions then start as what they replace."""
     folder = saved_model_dir(path)
     weights = exported_weights(folder)
-    variables = model.variables
+    variables, additions = model.variables, []
+    if len(weights) != len(variables):
+        additions = model.warm_start_additions()
+        added = {id(variable) for layer in additions for variable in layer.variables}
+        variables = [variable for variable in variables if id(variable) not in added]
     if len(weights) != len(variables):
         raise errors.ConfigError(
             f"train.init_from: {folder} holds {len(weights)} variables, the configured model has "
-            f"{len(variables)}: export and config must be the same model and model_kwargs"
+            f"{len(model.variables)}: export and config must be the same model and model_kwargs"
         )
     for variable, weight in zip(variables, weights):
         if tuple(variable.shape) != tuple(weight.shape):
@@ -60,4 +70,8 @@ def initialise(model, path) -> pathlib.Path:
             )
     for variable, weight in zip(variables, weights):
         variable.assign(tf.cast(weight, variable.dtype))
+    for layer in additions:
+        layer.start_as_replaced()
+    if additions:
+        logging.info("train.init_from: %d layers new to the export start as what they replace", len(additions))
     return folder

@@ -56,6 +56,13 @@ class FewShotModel(keras.Model):
     #: proposal over all of the set's latents (the set-level protocol of SPEC §3).
     joint_set_scoring = False
 
+    def warm_start_additions(self) -> list:
+        """Layers this model adds to a simpler model of its family, whose exports can
+        still start it (train.init_from): each has `start_as_replaced()`, which sets its
+        weights so that it computes what the simpler model computes in its place. A model
+        that is no such extension has none."""
+        return []
+
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Training bound per set, in nats.
 

@@ -86,6 +86,14 @@ class AttentivePool(keras.layers.Layer):
         """[..., H, W, width] -> [..., H, W, heads, width / heads]."""
         return tf.reshape(maps, tf.concat([tf.shape(maps)[:-1], [self.heads, -1]], 0))
 
+    def start_as_replaced(self):
+        """Sets the weights so the layer computes the items' mean, the aggregation it
+        replaces: keys of zero (every item weighs the same) and values equal to the items.
+        The query keeps its weights, so the keys' gradients are not zero."""
+        for weight in (self.key.kernel, self.key.bias, self.value.bias):
+            weight.assign(tf.zeros_like(weight))
+        self.value.kernel.assign(tf.eye(self.width, dtype=self.value.kernel.dtype))
+
     def call(self, items: tf.Tensor) -> tf.Tensor:
         query = self._split_heads(self.query(_pool_items(items)))
         keys, values = self._split_heads(self.key(items)), self._split_heads(self.value(items))
@@ -266,6 +274,11 @@ class HierarchicalFewShotModel(base.FewShotModel):
             self.decoder_c = layers.dense(hidden_size)
             self.decoder_in = layers.dense(decoder_channels[0])
             self.decoder = layers.UpConvDecoder(decoder_channels, decoder_convs_per_stage, dense_stem=False)
+
+    def warm_start_additions(self) -> list:
+        """The attention of context_aggregation="attention": a model that pools by the
+        mean (CHFSGM; configs/hfsgm.py) starts a SCHA-VAE as the same function."""
+        return [net.attention for net in self.context_posteriors if net.attention is not None]
 
     def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         """[..., T, 28, 28, 1] (1 or 2 leading dims) -> item maps h [..., T, 4, 4, hidden]."""
