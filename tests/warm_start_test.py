@@ -83,3 +83,46 @@ class WarmStartTest(tf.test.TestCase):
         config.train.init_from = str(self.root / "nothing")  # Resuming never reads it.
         config.train.steps = 3
         self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 3)
+
+
+class AttentionFromMeanTest(tf.test.TestCase):
+    """A SCHA-VAE (hfsgm with context_aggregation="attention") from an export of the
+    hfsgm that pools by the mean."""
+
+    def setUp(self):
+        super().setUp()
+        self.mean_config = helpers.tiny_config("hfsgm")
+        self.attention_config = self.mean_config.copy_and_resolve_references()
+        self.attention_config.model_kwargs.context_aggregation = "attention"
+        tf.random.set_seed(3)
+        self.source = _built(self.mean_config)
+        root = pathlib.Path(self.create_tempdir().full_path)
+        self.folder = export.export_model(self.source, root, "hfsgm", "float32")
+        self.batch = helpers.random_images([3, 4, 28, 28, 1], seed=4)
+        self.seed = tf.constant([7, 8])
+
+    def test_starts_as_the_same_function_and_its_attention_learns(self):
+        target = _built(self.attention_config)
+        self.assertNotAllClose(target.elbo(self.batch, self.seed), self.source.elbo(self.batch, self.seed))
+        warm_start.initialise(target, self.folder)
+        additions = target.warm_start_additions()
+        self.assertLen(additions, self.mean_config.model_kwargs.num_layers)
+        self.assertAllClose(target.elbo(self.batch, self.seed), self.source.elbo(self.batch, self.seed))
+        self.assertAllClose(
+            target.set_log_weights(self.batch, 2, self.seed), self.source.set_log_weights(self.batch, 2, self.seed)
+        )
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(target.elbo(self.batch, self.seed, training=True))
+        key_gradients = tape.gradient(loss, [layer.key.kernel for layer in additions])
+        for gradient in key_gradients:  # Zero keys would stay zero if their gradient were.
+            self.assertGreater(float(tf.reduce_max(tf.abs(gradient))), 0.0)
+
+    def test_a_mean_model_does_not_start_from_a_scha_vae_export(self):
+        attention_model = _built(self.attention_config)
+        folder = export.export_model(attention_model, pathlib.Path(self.create_tempdir().full_path), "hfsgm", "float32")
+        target = _built(self.mean_config)
+        before = _values(target)
+        with self.assertRaisesRegex(errors.ConfigError, "holds .* variables"):
+            warm_start.initialise(target, folder)
+        for got, want in zip(_values(target), before):
+            self.assertAllEqual(got, want)
