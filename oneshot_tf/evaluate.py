@@ -264,6 +264,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "seed": config.eval.seed,
         "checkpoint": checkpoint,
         "checkpoint_step": step,
+        "trained_steps": step + workdir_lib.steps_before(workdir),
         "weights": weights,
         "precision": keras.mixed_precision.global_policy().name,
         "estimator": estimator_note(model),

@@ -439,6 +439,10 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
         _use_configured_learning_rate(optimizer, config.train)
     elif config.train.init_from:
         folder = warm_start.initialise(model, config.train.init_from)
+        if chief:
+            workdir_lib.write_json(
+                workdir / workdir_lib.WARM_START, {"init_from": str(folder), "steps": warm_start.trained_steps(folder)}
+            )
         if trainer.average:
             trainer.average.restart()
         logging.info("Starting from the weights of %s (train.init_from)", folder)

@@ -13,6 +13,7 @@ attention over an hfsgm that pools by the mean) starts from the simpler model's 
 its added layers set to compute what they replace, so it starts as the same function.
 """
 
+import json
 import pathlib
 
 import tensorflow as tf
@@ -42,6 +43,17 @@ def exported_weights(path) -> list:
     if not hasattr(loaded, "model_variables"):
         raise errors.ConfigError(f"{path} is not an export of oneshot_tf (it has no model_variables)")
     return list(loaded.model_variables)
+
+
+def trained_steps(folder) -> int | None:
+    """Steps the model exported in `folder` (a version folder) was trained for in all,
+    from the eval.json a shipped model keeps beside its versions (its `trained_steps`,
+    else `checkpoint_step`); None when there is none."""
+    evaluation = pathlib.Path(folder).parent / "eval.json"
+    if not evaluation.exists():
+        return None
+    result = json.loads(evaluation.read_text())
+    return result.get("trained_steps", result.get("checkpoint_step"))
 
 
 def initialise(model, path) -> pathlib.Path:

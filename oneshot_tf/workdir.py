@@ -9,6 +9,8 @@ Layout:
   samples/                    sample grid PNGs
   export/<model>/<version>/   SavedModels (SPEC §5)
   config.json                 the config of the latest run
+  warm_start.json             what a run of train.init_from started from: the export read
+                              and the steps that model had been trained for (null: unknown)
 """
 
 import collections
@@ -22,6 +24,7 @@ from oneshot_tf import errors, models, weight_average
 
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
+WARM_START = "warm_start.json"
 CHECKPOINT_CHOICES = ("best", "latest")
 
 # What restore_model returns; `checkpoint` is the kind restored, "best" or "latest";
@@ -142,6 +145,15 @@ def restore_model(config, workdir, which: str | None = None) -> Restored:
             logging.warning("%s holds no weight average (train.ema_decay is set): using its trained weights", prefix)
     logging.info("Restored %s (%s checkpoint, step %d, %s weights)", prefix, kind, int(step.numpy()), weights)
     return Restored(model, int(step.numpy()), kind, weights)
+
+
+def steps_before(workdir) -> int:
+    """Steps of training before this run's step 0: those of the model a train.init_from
+    run started from (warm_start.json), 0 for a run from scratch or when unknown."""
+    path = pathlib.Path(workdir) / WARM_START
+    if not path.exists():
+        return 0
+    return json.loads(path.read_text()).get("steps") or 0
 
 
 def write_json(path, payload: dict):

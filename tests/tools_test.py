@@ -46,7 +46,9 @@ class TimeScoringChunkTest(absltest.TestCase):
         self.assertIn("is not EPISODESxSAMPLES", done.stdout + done.stderr)
 
 
-def _trained_workdir(path: pathlib.Path, mean_t1_to_5: float, export_version: int = 3) -> pathlib.Path:
+def _trained_workdir(
+    path: pathlib.Path, mean_t1_to_5: float, export_version: int = 3, trained_steps: int = 100
+) -> pathlib.Path:
     """A workdir as ship.py finds it after --mode=eval, sample and export (a stand-in export:
     ship.py copies the files and reads only the variables' dtypes)."""
     export = path / "export" / "gmn" / str(export_version)
@@ -58,6 +60,7 @@ def _trained_workdir(path: pathlib.Path, mean_t1_to_5: float, export_version: in
     (path / "config.json").write_text("{}")
     eval_result = {
         "checkpoint_step": 100,
+        "trained_steps": trained_steps,
         "checkpoint": "best",
         "precision": "float32",
         "episodes": 10,
@@ -87,11 +90,18 @@ class ShipTest(absltest.TestCase):
             "1", "PROVENANCE.md", "config.json", "eval.json", "samples.png",
         ])  # fmt: skip
         provenance = (shipped / "PROVENANCE.md").read_text()
-        self.assertIn("step 100 (best checkpoint", provenance)
+        self.assertIn("step 100 (best checkpoint of the run)\n", provenance)
         self.assertIn("weights stored as float16", provenance)
         self.assertIn("Wall time: 5 min", provenance)
         self.assertIn("mean of t = 1..5: -80.00", provenance)
         self.assertFalse(list(self.root.glob(".*partial")))
+
+    def test_a_warm_started_run_is_shipped_with_the_steps_it_started_from(self):
+        workdir = _trained_workdir(pathlib.Path(self.create_tempdir().full_path), -80.0, trained_steps=350)
+        self.assertEqual(self._ship(workdir).returncode, 0)
+        provenance = (self.root / "gmn" / "PROVENANCE.md").read_text()
+        self.assertIn("step 100 (best checkpoint of the run); the run started from a model trained for 250 steps: "
+                      "350 steps in all", provenance)  # fmt: skip
 
     def test_replaces_a_shipped_model_only_when_better_or_forced(self):
         self.assertEqual(

@@ -33,6 +33,7 @@ class EndToEndTest(tf.test.TestCase):
             self.assertIn(key, result)
         self.assertEqual(result["source"], "gmn28")
         self.assertEqual(result["checkpoint_step"], 2)
+        self.assertEqual(result["trained_steps"], 2)  # Trained from scratch: nothing before step 0.
         self.assertEqual([row["t"] for row in result["per_shot"]], list(range(1, 11)))
         for row in result["per_shot"]:
             self.assertTrue(np.isfinite(row["log_prob"]) and row["log_prob"] < 0)

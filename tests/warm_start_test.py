@@ -1,5 +1,6 @@
 """train.init_from: a training run that starts from an export's weights."""
 
+import json
 import pathlib
 
 import numpy as np
@@ -66,14 +67,26 @@ class WarmStartTest(tf.test.TestCase):
         with self.assertRaisesRegex(errors.ConfigError, "neither a SavedModel folder nor a model base path"):
             warm_start.initialise(_built(self.config), self.root / "nothing")
 
+    def test_the_steps_of_a_shipped_model_come_from_the_eval_json_beside_its_versions(self):
+        folder = self._export()
+        self.assertIsNone(warm_start.trained_steps(folder))
+        (folder.parent / "eval.json").write_text(json.dumps({"checkpoint_step": 7}))
+        self.assertEqual(warm_start.trained_steps(folder), 7)
+        (folder.parent / "eval.json").write_text(json.dumps({"checkpoint_step": 7, "trained_steps": 40}))
+        self.assertEqual(warm_start.trained_steps(folder), 40)
+
     def test_a_new_run_starts_from_the_export_and_a_resumed_one_ignores_it(self):
         config = self.config.copy_and_resolve_references()
-        config.train.init_from = str(self._export())
+        folder = self._export()
+        (folder.parent / "eval.json").write_text(json.dumps({"checkpoint_step": 7, "trained_steps": 40}))
+        config.train.init_from = str(folder)
         config.train.learning_rate = 0.0  # The trained weights stay the exported ones.
         config.train.ema_decay = 0.5
         config.train.steps = 2
         workdir = self.create_tempdir().full_path
         self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 2)
+        self.assertEqual(workdir_lib.steps_before(workdir), 40)  # eval.json counts them from here
+        self.assertEqual(workdir_lib.steps_before(self.create_tempdir().full_path), 0)
         source_kernels = [v.numpy() for v in self.source.trainable_variables]
         for average in (False, True):
             config.train.ema_decay = 0.5 if average else 0.0

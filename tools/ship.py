@@ -70,10 +70,14 @@ def main(argv):
         if joint
         else ""
     )
+    step, steps = result["checkpoint_step"], result.get("trained_steps", result["checkpoint_step"])
+    checkpoint_line = f"- Checkpoint: step {step} ({result['checkpoint']} checkpoint of the run)" + (
+        f"; the run started from a model trained for {steps - step} steps: {steps} steps in all\n"
+        if steps != step
+        else "\n"
+    )
     (staging / "PROVENANCE.md").write_text(
-        f"# pretrained/{name}\n\n"
-        f"- Checkpoint: step {result['checkpoint_step']} ({result['checkpoint']} checkpoint of the run)\n"
-        f"- Training command: `{_COMMAND.value}`\n"
+        f"# pretrained/{name}\n\n" + checkpoint_line + f"- Training command: `{_COMMAND.value}`\n"
         f"- Wall time: {_WALL_TIME.value}\n"
         f"- Machine: {precision.describe_cpu()}, no GPU\n"
         f"- Code: commit {commit} of oneshot_tf\n"
