@@ -438,7 +438,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
         logging.info("Resumed from %s at step %d", restored, start)
         _use_configured_learning_rate(optimizer, config.train)
     elif config.train.init_from:
-        folder = warm_start.initialise(model, config.train.init_from)
+        folder = warm_start.initialise(model, config.train.init_from, config.model_kwargs.to_dict())
         if chief:
             workdir_lib.write_json(
                 workdir / workdir_lib.WARM_START, {"init_from": str(folder), "steps": warm_start.trained_steps(folder)}

@@ -56,11 +56,25 @@ def trained_steps(folder) -> int | None:
     return result.get("trained_steps", result.get("checkpoint_step"))
 
 
-def initialise(model, path) -> pathlib.Path:
+def _differing_kwargs(folder, model_kwargs) -> str:
+    """The model_kwargs that the config.json beside a shipped model's versions sets
+    otherwise than `model_kwargs`, as "; <that file> has a=1 (here 2), ..."; "" if none
+    or not known."""
+    path = pathlib.Path(folder).parent / "config.json"
+    if model_kwargs is None or not path.exists():
+        return ""
+    trained = json.loads(path.read_text()).get("model_kwargs", {})
+    here = json.loads(json.dumps(dict(model_kwargs)))  # Tuples as JSON lists, like the file's.
+    differing = [f"{key}={trained[key]!r} (here {here.get(key)!r})" for key in trained if trained[key] != here.get(key)]
+    return f"; {path} has {', '.join(differing)}" if differing else ""
+
+
+def initialise(model, path, model_kwargs=None) -> pathlib.Path:
     """Assigns the weights exported at `path` (see saved_model_dir) to the built `model`;
     returns the SavedModel folder read. Nothing is assigned unless every shape matches.
     An export without the model's `warm_start_additions()` fills the rest of the model;
-    the additions then start as what they replace."""
+    the additions then start as what they replace. `model_kwargs` (the model's) lets a
+    mismatch's error name the settings in which a shipped model differs."""
     folder = saved_model_dir(path)
     weights = exported_weights(folder)
     variables, additions = model.variables, []
@@ -72,13 +86,14 @@ def initialise(model, path) -> pathlib.Path:
         raise errors.ConfigError(
             f"train.init_from: {folder} holds {len(weights)} variables, the configured model has "
             f"{len(model.variables)}: export and config must be the same model and model_kwargs"
+            + _differing_kwargs(folder, model_kwargs)
         )
     for variable, weight in zip(variables, weights):
         if tuple(variable.shape) != tuple(weight.shape):
             raise errors.ConfigError(
                 f"train.init_from: {folder} has shape {tuple(weight.shape)} where the configured model's "
                 f"{variable.path} has {tuple(variable.shape)}: export and config must be the same model "
-                f"and model_kwargs"
+                f"and model_kwargs" + _differing_kwargs(folder, model_kwargs)
             )
     for variable, weight in zip(variables, weights):
         variable.assign(tf.cast(weight, variable.dtype))

@@ -137,5 +137,12 @@ class AttentionFromMeanTest(tf.test.TestCase):
         before = _values(target)
         with self.assertRaisesRegex(errors.ConfigError, "holds .* variables"):
             warm_start.initialise(target, folder)
+        (folder.parent / "config.json").write_text(
+            json.dumps({"model_kwargs": self.attention_config.model_kwargs.to_dict()})
+        )
+        with self.assertRaisesRegex(
+            errors.ConfigError, r"config.json has context_aggregation='attention' \(here 'mean'\)$"
+        ):
+            warm_start.initialise(target, folder, self.mean_config.model_kwargs.to_dict())
         for got, want in zip(_values(target), before):
             self.assertAllEqual(got, want)
