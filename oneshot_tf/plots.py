@@ -36,9 +36,7 @@ def per_shot_figure(result: dict, path) -> pathlib.Path:
     means = np.array([row["log_prob"] for row in rows])
     errors = np.array([row["stderr"] for row in rows])
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
-    # An eval.json written before trained_steps existed has only checkpoint_step.
-    steps = result.get("trained_steps", result.get("checkpoint_step", "?"))
-    label = f"ours: {result['model']}, step {steps}, K={result['num_samples']}"
+    label = f"ours: {result['model']}, step {result['trained_steps']}, K={result['num_samples']}"
     ax.errorbar(shots, means, yerr=errors, fmt="o-", color="black", capsize=3, label=label, zorder=3)
     markers = iter("sDv^<>p")
     for name, row in REFERENCES.get(result.get("c_test", 1), {}).items():
