@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
     # public Neural Statistician's schedule (period 300, one of its epochs): the KL
     # counts less early on. Needs a model with separable_elbo. 0: the plain bound.
     config.train.likelihood_weight_period = 0
+    # Also train on the first n items of every training set as a set of its own, for
+    # each n here (each 1 <= n < data.set_size): (1,) adds the single drawings that
+    # 0-shot scoring, log p(x_1), and 1-shot supports are. The loss is then the
+    # negative bound per item over all the sets scored; validation stays on full sets.
+    config.train.prefix_set_sizes = ()
     # Validate, evaluate, sample and export with an exponential moving average of the
     # weights (and batch-norm statistics) of this decay per step; 0 disables.
     config.train.ema_decay = 0.0

@@ -142,6 +142,17 @@ def optimizer_as_saved(optimizer: keras.optimizers.Optimizer, prefix: str):
     return view
 
 
+def scored_sets(images: tf.Tensor, seed: tf.Tensor, prefix_sizes: tuple) -> list:
+    """The sets a training step scores: (sets, seed) pairs.
+
+    The batch `images` [batch, set_size, 28, 28, 1] with `seed` itself, then for every n
+    of `prefix_sizes` (train.prefix_set_sizes) its first n items [batch, n, 28, 28, 1]
+    with the seed folded with n.
+    """
+    prefixes = [(images[:, :n], tf.random.experimental.stateless_fold_in(seed, n)) for n in prefix_sizes]
+    return [(images, seed), *prefixes]
+
+
 def likelihood_weight(step: tf.Tensor, period: int) -> tf.Tensor:
     """w = 1 + 0.5 ** (step // period): 2 in the first period, then halving towards 1."""
     return 1.0 + tf.pow(0.5, tf.cast(step // period, tf.float32))
@@ -273,6 +284,12 @@ class Trainer:
         self.best_val_bound = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
         # Steps in a row skipped for a non-finite loss or gradient (not checkpointed).
         self.bad_streak = tf.Variable(0, dtype=tf.int64, trainable=False)
+        set_size = config.data.set_size
+        if any(not 1 <= n < set_size for n in config.train.prefix_set_sizes):
+            raise errors.ConfigError(
+                f"train.prefix_set_sizes {tuple(config.train.prefix_set_sizes)}: each must be in [1, {set_size - 1}] "
+                f"(prefixes of the data.set_size={set_size} training sets)"
+            )
         period = config.train.likelihood_weight_period
         if period and not self.model.separable_elbo:
             raise errors.ConfigError(
@@ -324,7 +341,8 @@ class Trainer:
 
     def _make_train_steps(self):
         config, strategy, model, optimizer = self.config, self.strategy, self.model, self.optimizer
-        items_per_step = config.data.batch_size * config.data.set_size
+        prefix_sizes = tuple(config.train.prefix_set_sizes)
+        items_per_step = config.data.batch_size * (config.data.set_size + sum(prefix_sizes))
         trainable = model.trainable_variables
         period = config.train.likelihood_weight_period
         clip_norm, clip_value = config.train.grad_clip_norm, config.train.grad_clip_value
@@ -333,12 +351,16 @@ class Trainer:
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             seed = tf.random.experimental.stateless_fold_in(seed, replica)
             with tf.GradientTape() as tape:
-                if period:
-                    log_likelihood, kl = model.elbo_terms(images, seed, training=True)
-                    loss = -tf.reduce_sum(log_likelihood - kl) / items_per_step
-                    objective = -tf.reduce_sum(weight * log_likelihood - kl / weight) / items_per_step
-                else:
-                    loss = objective = -tf.reduce_sum(model.elbo(images, seed, training=True)) / items_per_step
+                loss = objective = 0.0
+                for sets, sets_seed in scored_sets(images, seed, prefix_sizes):
+                    if period:
+                        log_likelihood, kl = model.elbo_terms(sets, sets_seed, training=True)
+                        loss += -tf.reduce_sum(log_likelihood - kl) / items_per_step
+                        objective += -tf.reduce_sum(weight * log_likelihood - kl / weight) / items_per_step
+                    else:
+                        set_loss = -tf.reduce_sum(model.elbo(sets, sets_seed, training=True)) / items_per_step
+                        loss += set_loss
+                        objective += set_loss
             return loss, tape.gradient(objective, trainable)
 
         # XLA-compiling the replica's forward and backward pass (not the loop, whose

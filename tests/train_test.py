@@ -293,6 +293,35 @@ class EndToEndTest(tf.test.TestCase):
         self.assertAllClose(norm, weighted_norm, rtol=1e-4)
         self.assertNotAllClose(norm, plain_norm, rtol=1e-2)
 
+    def test_prefix_sets_add_the_bound_of_each_sets_first_items(self):
+        config = helpers.tiny_config("hfsgm")
+        config.train.learning_rate = 0.0
+        config.train.likelihood_weight_period = 0  # The plain bound's gradient.
+        config.train.prefix_set_sizes = (1, 2)
+        trainer = train.Trainer(config)
+        batch = helpers.random_images([config.data.batch_size, config.data.set_size, 28, 28, 1])
+        loss, norm, _ = trainer.train(iter(tf.data.Dataset.from_tensors({"images": batch}).repeat()), 1)
+
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, 0]), 0)
+        items = config.data.batch_size * (config.data.set_size + 1 + 2)
+        with tf.GradientTape() as tape:
+            bounds = [
+                trainer.model.elbo(batch, seed, training=True),
+                trainer.model.elbo(batch[:, :1], tf.random.experimental.stateless_fold_in(seed, 1), training=True),
+                trainer.model.elbo(batch[:, :2], tf.random.experimental.stateless_fold_in(seed, 2), training=True),
+            ]
+            expected_loss = -tf.add_n([tf.reduce_sum(b) for b in bounds]) / items
+        expected_norm = tf.linalg.global_norm(tape.gradient(expected_loss, trainer.model.trainable_variables))
+        self.assertAllClose(loss, expected_loss, rtol=1e-5)
+        self.assertAllClose(norm, expected_norm, rtol=1e-4)
+        full_sets_only = -tf.reduce_sum(bounds[0]) / (config.data.batch_size * config.data.set_size)
+        self.assertNotAllClose(loss, full_sets_only, rtol=1e-3)
+
+        for sizes in [(0,), (config.data.set_size,)]:
+            config.train.prefix_set_sizes = sizes
+            with self.assertRaisesRegex(errors.ConfigError, r"train.prefix_set_sizes .* must be in \[1, "):
+                train.Trainer(config)
+
     def test_likelihood_weight_schedule_and_its_config_checks(self):
         weights = [float(train.likelihood_weight(tf.constant(s, tf.int64), 300)) for s in (0, 299, 300, 600, 3000)]
         self.assertAllClose(weights, [2.0, 2.0, 1.5, 1.25, 1 + 0.5**10])
