@@ -250,8 +250,10 @@ class Trainer:
     Model, optimizer and step counter live under `strategy`'s scope. `train(iterator,
     num_steps)` runs `num_steps` optimizer steps in one tf.function; each step:
       1. every replica computes the loss and gradients of its slice of the global batch
-         (`strategy.run`), scaled by the global batch, with its own sampling seed (the
-         step's seed folded with the replica id) and its own batch-norm statistics;
+         (`strategy.run`; each set's first items also scored as sets of their own when
+         train.prefix_set_sizes is set), scaled by the global batch, with its own
+         sampling seed (the step's seed folded with the replica id) and its own
+         batch-norm statistics;
       2. the gradients are summed over replicas, and the step is skipped if the loss or
          any gradient is not finite on any replica (weights and optimizer state stay);
       3. otherwise they are clipped (train.grad_clip_norm / grad_clip_value, applied to
