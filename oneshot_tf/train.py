@@ -357,12 +357,11 @@ class Trainer:
                 for sets, sets_seed in scored_sets(images, seed, prefix_sizes):
                     if period:
                         log_likelihood, kl = model.elbo_terms(sets, sets_seed, training=True)
-                        loss += -tf.reduce_sum(log_likelihood - kl) / items_per_step
-                        objective += -tf.reduce_sum(weight * log_likelihood - kl / weight) / items_per_step
+                        bound, weighted = log_likelihood - kl, weight * log_likelihood - kl / weight
                     else:
-                        set_loss = -tf.reduce_sum(model.elbo(sets, sets_seed, training=True)) / items_per_step
-                        loss += set_loss
-                        objective += set_loss
+                        bound = weighted = model.elbo(sets, sets_seed, training=True)
+                    loss -= tf.reduce_sum(bound) / items_per_step
+                    objective -= tf.reduce_sum(weighted) / items_per_step
             return loss, tape.gradient(objective, trainable)
 
         # XLA-compiling the replica's forward and backward pass (not the loop, whose
