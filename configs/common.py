@@ -89,6 +89,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_every = 10_000
     # Validation episodes for the periodic bound.
     config.train.val_episodes = 512
+    # Few-shot tasks, (ways, shots) pairs, scored at every validation on validation
+    # characters with the model's first classification rule (a model without one:
+    # ConfigError); the accuracy goes to the log and to TensorBoard
+    # (val/<ways>way_<shots>shot_<rule>_accuracy) and onto the learning curve.
+    config.train.val_tasks = ()
+    # Queries per validation task (ways of them an episode).
+    config.train.val_task_queries = 1000
     config.train.max_checkpoints = 3
     # Steps in a row with a non-finite loss or gradient (each skipped) before the run
     # restores its latest checkpoint; the same again stops it.
@@ -157,6 +164,7 @@ def apply_variant(
         config.train.steps_per_loop = 100
         config.train.eval_every = quick_steps // 2
         config.train.val_episodes = 64
+        config.train.val_task_queries = 200
         config.eval.episodes = 100
         config.eval.num_samples = 100
         config.eval.test_num_samples = 100
@@ -169,6 +177,7 @@ def apply_variant(
         config.train.steps_per_loop = 1
         config.train.eval_every = 2
         config.train.val_episodes = 4
+        config.train.val_task_queries = 20
         config.eval.episodes = 4
         config.eval.num_samples = 4
         config.eval.batch_size = 2

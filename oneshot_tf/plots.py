@@ -60,16 +60,26 @@ def per_shot_figure(result: dict, path) -> pathlib.Path:
 
 
 def learning_curve_figure(curve: dict, path, title: str = "") -> pathlib.Path:
-    """Validation bound against step and against wall time (two panels).
+    """Validation bound against step and against wall time (two panels), and the
+    validation few-shot accuracy against step (a third panel) when the run has it.
 
     Args:
       curve: {"step": [...], "hours": [...], "val_bound": [...]} and optionally
-        {"train_step": [...], "train_loss": [...]} (loss in nats/image, plotted negated)
-        and {"trained_step": [...], "trained_hours": [...], "val_bound_trained": [...]}
+        {"train_step": [...], "train_loss": [...]} (loss in nats/image, plotted negated),
+        {"trained_step": [...], "trained_hours": [...], "val_bound_trained": [...]}
         (a run with a weight average: `val_bound` is the average's, these the trained
-        weights').
+        weights') and {"accuracy": {task: {"step": [...], "value": [...]}}} (fractions).
     """
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    accuracy = curve.get("accuracy") or {}
+    fig, axes = plt.subplots(1, 3 if accuracy else 2, figsize=(15 if accuracy else 10, 4), dpi=110)
+    by_step, by_time = axes[:2]
+    if accuracy:
+        for task, series in accuracy.items():
+            axes[2].plot(series["step"], 100 * np.asarray(series["value"]), "o-", ms=5, label=task)
+        axes[2].set_xlabel("step")
+        axes[2].set_ylabel("validation accuracy, %")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize=8, loc="lower right")
     if curve.get("train_step"):
         by_step.plot(
             curve["train_step"], -np.asarray(curve["train_loss"]), color="0.7", lw=0.8, label="- training loss"
@@ -120,8 +130,9 @@ def read_curve(workdir) -> dict:
     for events in sorted(pathlib.Path(workdir, "tensorboard", "train").glob("events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(str(events)):
             for value in event.summary.value:
-                if value.tag in points:
-                    points[value.tag][event.step] = (event.wall_time, float(tf.make_ndarray(value.tensor)))
+                if value.tag in points or _is_accuracy(value.tag):
+                    series = points.setdefault(value.tag, {})
+                    series[event.step] = (event.wall_time, float(tf.make_ndarray(value.tensor)))
     val = sorted(points["val/bound"].items())
     trained = sorted(points["val/bound_trained_weights"].items())
     train = sorted(points["train/loss"].items())
@@ -141,4 +152,17 @@ def read_curve(workdir) -> dict:
         "trained_step": [s for s, _ in trained],
         "trained_hours": [active[w] for _, (w, _) in trained],
         "val_bound_trained": [v for _, (_, v) in trained],
+        "accuracy": {
+            tag.removeprefix("val/").removesuffix("_accuracy"): {
+                "step": sorted(series),
+                "value": [v for _, (_, v) in sorted(series.items())],
+            }
+            for tag, series in sorted(points.items())
+            if _is_accuracy(tag)
+        },
     }
+
+
+def _is_accuracy(tag: str) -> bool:
+    """A few-shot accuracy of train.val_tasks: val/<ways>way_<shots>shot_<rule>_accuracy."""
+    return tag.startswith("val/") and tag.endswith("_accuracy")

@@ -21,9 +21,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import distribute, errors, evaluate, models, warm_start, weight_average
+from oneshot_tf import classify, distribute, errors, evaluate, models, warm_start, weight_average
 from oneshot_tf import workdir as workdir_lib
-from oneshot_tf.data import episodes, omniglot
+from oneshot_tf.data import episodes, few_shot, omniglot
 
 SCHEDULES = ("constant", "cosine", "cosine_tail", "exponential", "burda")
 
@@ -151,6 +151,35 @@ def scored_sets(images: tf.Tensor, seed: tf.Tensor, prefix_sizes: tuple) -> list
     """
     prefixes = [(images[:, :n], tf.random.experimental.stateless_fold_in(seed, n)) for n in prefix_sizes]
     return [(images, seed), *prefixes]
+
+
+def validation_tasks(config, characters, model) -> dict:
+    """The few-shot tasks of train.val_tasks on `characters` (the validation split),
+    {"<ways>way_<shots>shot_<rule>": task} with the model's first classification rule;
+    the same episodes at every validation. Raises ConfigError for a malformed pair, a
+    model without a rule, more ways than characters or fewer queries than ways."""
+    pairs = [tuple(pair) for pair in config.train.val_tasks]
+    if not pairs:
+        return {}
+    if not model.classification_rules:
+        raise errors.ConfigError(f"train.val_tasks {pairs}: {config.model} has no classification rule")
+    rule = model.classification_rules[0]
+    queries = config.train.val_task_queries
+    tasks = {}
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(n, int) for n in pair) or pair[0] < 2 or pair[1] < 1:
+            raise errors.ConfigError(f"train.val_tasks: each must be a pair (ways >= 2, shots >= 1), got {pair}")
+        ways, shots = pair
+        if ways > len(characters):
+            raise errors.ConfigError(
+                f"train.val_tasks: {ways}-way tasks need {ways} validation characters; there are {len(characters)}"
+            )
+        if queries < ways:
+            raise errors.ConfigError(f"train.val_task_queries {queries} is fewer than the {ways} ways of a task")
+        tasks[f"{ways}way_{shots}shot_{rule}"] = few_shot.random_episodes(
+            characters, ways=ways, shots=shots, num_episodes=queries // ways, seed=config.seed
+        )
+    return tasks
 
 
 def likelihood_weight(step: tf.Tensor, period: int) -> tf.Tensor:
@@ -415,8 +444,9 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
     """Trains `config.model` in `workdir`, resuming from its latest checkpoint.
 
     The outer loop (orbit's controller): every inner loop it logs progress and handles
-    non-finite steps; every `train.eval_every` steps it validates, keeps the best
-    checkpoint and draws a sample grid; every `train.checkpoint_every_secs` it saves.
+    non-finite steps; every `train.eval_every` steps it validates (the bound, and the
+    accuracy of the few-shot tasks of `train.val_tasks`), keeps the checkpoint with the
+    best bound and draws a sample grid; every `train.checkpoint_every_secs` it saves.
     The model computes in the current Keras dtype policy, which the entry point sets
     once from `config.precision` (`precision.set_policy`). Under a multi-worker
     strategy every worker runs this function; the chief writes the workdir, the others
@@ -444,6 +474,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
 
     trainer = Trainer(config, strategy)
     model, optimizer, step = trainer.model, trainer.optimizer, trainer.step
+    val_tasks = validation_tasks(config, splits["val"], model)
     checkpoint = trainer.checkpoint()
 
     def manager_in(name, max_to_keep):
@@ -582,19 +613,33 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
             if every and (current // every > previous // every or current == total_steps):
                 with trainer.average.applied() if trainer.average else contextlib.nullcontext():
                     val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
+                    accuracies = {
+                        name: 1.0
+                        - classify.error_rate(
+                            model,
+                            task,
+                            model.classification_rules[0],
+                            num_samples=config.eval.classification_num_samples,
+                            seed=config.seed,
+                        )
+                        for name, task in val_tasks.items()
+                    }
                     grid = evaluate.sample_grid(model, grid_support, config.sample, current)
                 improved = val_bound > float(trainer.best_val_bound.numpy())
                 if trainer.average:
                     trained_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
                     tf.summary.scalar("val/bound_trained_weights", trained_bound, step=current)
                 logging.info(
-                    "step %d  validation bound %.3f nats/image%s%s",
+                    "step %d  validation bound %.3f nats/image%s%s%s",
                     current,
                     val_bound,
                     f" (weight average; trained weights {trained_bound:.3f})" if trainer.average else "",
                     "  (best so far: saved)" if improved else f"  (best {float(trainer.best_val_bound.numpy()):.3f})",
+                    "".join(f"  {name} accuracy {value:.3f}" for name, value in accuracies.items()),
                 )
                 tf.summary.scalar("val/bound", val_bound, step=current)
+                for name, value in accuracies.items():
+                    tf.summary.scalar(f"val/{name}_accuracy", value, step=current)
                 if improved:
                     trainer.best_val_bound.assign(val_bound)
                     save(best_manager)

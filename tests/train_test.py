@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import errors, main, models, plots, precision, train
+from oneshot_tf import classify, errors, main, models, plots, precision, train
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import omniglot
 from tests import helpers
@@ -321,6 +321,61 @@ class EndToEndTest(tf.test.TestCase):
             config.train.prefix_set_sizes = sizes
             with self.assertRaisesRegex(errors.ConfigError, r"train.prefix_set_sizes .* must be in \[1, "):
                 train.Trainer(config)
+
+    def test_validation_tasks_log_the_accuracy_of_the_validated_weights(self):
+        config = helpers.tiny_config("statistician")
+        config.train.val_tasks = ((2, 1), (3, 2))
+        config.train.val_task_queries = 30
+        config.train.learning_rate = 0.1  # Two steps that take the weights far from their average.
+        workdir = pathlib.Path(self.create_tempdir())
+        with self.assertLogs(level="INFO") as logs:
+            train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        self.assertTrue(any("2way_1shot_kl accuracy" in line for line in logs.output))
+
+        curve = plots.read_curve(workdir)
+        self.assertEqual(sorted(curve["accuracy"]), ["2way_1shot_kl", "3way_2shot_kl"])
+        # The validated weights (the weight average of the best checkpoint, step 2)
+        # classify the same validation episodes with the same rule.
+        restored = workdir_lib.restore_model(config, workdir, "best")
+        self.assertEqual((restored.step, restored.weights), (2, "average"))
+        splits = omniglot.load_configured_splits(config.data, helpers.DATA_DIR, config.seed)
+        tasks = train.validation_tasks(config, splits["val"], restored.model)
+        self.assertEqual([task["labels"].size for task in tasks.values()], [30, 30])
+        config.train.ema_decay = 0.0
+        trained = workdir_lib.restore_model(config, workdir, "best").model
+        logged, of_average, of_trained = [], [], []
+        for name, task in tasks.items():
+            self.assertEqual(curve["accuracy"][name]["step"], [2])
+            logged += curve["accuracy"][name]["value"]
+            of_average.append(1 - classify.error_rate(restored.model, task, "kl"))
+            of_trained.append(1 - classify.error_rate(trained, task, "kl"))
+        self.assertAllClose(logged, of_average, atol=1e-6)
+        self.assertNotAllClose(logged, of_trained)  # So the check above tells the two apart.
+        figure = plots.learning_curve_figure(curve, workdir / "curve.png")
+        width = tf.io.decode_png(figure.read_bytes()).shape[1]
+        without_accuracy = plots.learning_curve_figure(dict(curve, accuracy={}), workdir / "curve2.png")
+        self.assertGreater(width, tf.io.decode_png(without_accuracy.read_bytes()).shape[1])  # A third panel.
+
+    def test_validation_tasks_config_errors_come_before_any_step(self):
+        model = helpers.tiny_model("statistician")
+        splits = omniglot.load_configured_splits(helpers.tiny_config("statistician").data, helpers.DATA_DIR, 0)
+        num_val = len(splits["val"])
+        for tasks, queries, message in [
+            (((1, 1),), 10, r"a pair \(ways >= 2, shots >= 1\), got \(1, 1\)"),
+            (((5,),), 10, r"a pair .*got \(5,\)"),
+            (((num_val + 1, 1),), 10_000, f"need {num_val + 1} validation characters; there are {num_val}"),
+            (((5, 1),), 4, "val_task_queries 4 is fewer than the 5 ways"),
+        ]:
+            config = helpers.tiny_config("statistician")
+            config.train.val_tasks, config.train.val_task_queries = tasks, queries
+            with self.assertRaisesRegex(errors.ConfigError, message):
+                train.validation_tasks(config, splits["val"], model)
+        config = helpers.tiny_config("vae")
+        config.train.val_tasks = ((5, 1),)
+        workdir = pathlib.Path(self.create_tempdir())
+        with self.assertRaisesRegex(errors.ConfigError, "vae has no classification rule"):
+            train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        self.assertEqual(_checkpoint_steps(workdir), [])
 
     def test_likelihood_weight_schedule_and_its_config_checks(self):
         weights = [float(train.likelihood_weight(tf.constant(s, tf.int64), 300)) for s in (0, 299, 300, 600, 3000)]

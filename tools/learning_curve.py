@@ -4,8 +4,9 @@
 
 Validation bound against step (with the training loss, negated, behind it) and
 against wall time (time between runs does not count), and for a run with a weight
-average (train.ema_decay) the trained weights' bound beside the average's; prints
-the points as JSON.
+average (train.ema_decay) the trained weights' bound beside the average's; for a run
+with train.val_tasks, their validation accuracy against step; prints the points as
+JSON.
 """
 
 import json
@@ -33,7 +34,11 @@ def main(argv):
         | ({"val_bound_trained_weights": round(trained[s], 3)} if s in trained else {})
         for s, h, v in zip(curve["step"], curve["hours"], curve["val_bound"])
     ]
-    print(json.dumps({"out": str(out), "validation": points}, indent=1))
+    accuracy = {
+        task: [{"step": s, "accuracy": round(v, 4)} for s, v in zip(series["step"], series["value"])]
+        for task, series in curve["accuracy"].items()
+    }
+    print(json.dumps({"out": str(out), "validation": points} | ({"accuracy": accuracy} if accuracy else {}), indent=1))
 
 
 if __name__ == "__main__":
