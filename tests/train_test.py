@@ -328,7 +328,7 @@ class EndToEndTest(tf.test.TestCase):
         config.train.val_task_queries = 30
         config.train.learning_rate = 0.1  # Two steps that take the weights far from their average.
         workdir = pathlib.Path(self.create_tempdir())
-        with self.assertLogs(level="INFO") as logs:
+        with self.assertLogs(logger="absl", level="INFO") as logs:
             train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
         self.assertTrue(any("2way_1shot_kl accuracy" in line for line in logs.output))
 
