@@ -155,7 +155,7 @@ def scored_sets(images: tf.Tensor, seed: tf.Tensor, prefix_sizes: tuple) -> list
 
 def validation_tasks(config, characters, model) -> dict:
     """The few-shot tasks of train.val_tasks on `characters` (the validation split),
-    {"<ways>way_<shots>shot_<rule>": task} with the model's first classification rule;
+    {"<ways>way_<shots>shot_<rule>": (rule, task)} with the model's first classification rule;
     the same episodes at every validation. Raises ConfigError for a malformed pair, a
     model without a rule, more ways than characters or fewer queries than ways."""
     pairs = [tuple(pair) for pair in config.train.val_tasks]
@@ -176,8 +176,11 @@ def validation_tasks(config, characters, model) -> dict:
             )
         if queries < ways:
             raise errors.ConfigError(f"train.val_task_queries {queries} is fewer than the {ways} ways of a task")
-        tasks[f"{ways}way_{shots}shot_{rule}"] = few_shot.random_episodes(
-            characters, ways=ways, shots=shots, num_episodes=queries // ways, seed=config.seed
+        tasks[f"{ways}way_{shots}shot_{rule}"] = (
+            rule,
+            few_shot.random_episodes(
+                characters, ways=ways, shots=shots, num_episodes=queries // ways, seed=config.seed
+            ),
         )
     return tasks
 
@@ -613,16 +616,10 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
             if every and (current // every > previous // every or current == total_steps):
                 with trainer.average.applied() if trainer.average else contextlib.nullcontext():
                     val_bound = evaluate.mean_bound(model, val["images"], seed=config.seed)
+                    samples = config.eval.classification_num_samples
                     accuracies = {
-                        name: 1.0
-                        - classify.error_rate(
-                            model,
-                            task,
-                            model.classification_rules[0],
-                            num_samples=config.eval.classification_num_samples,
-                            seed=config.seed,
-                        )
-                        for name, task in val_tasks.items()
+                        name: 1.0 - classify.error_rate(model, task, rule, num_samples=samples, seed=config.seed)
+                        for name, (rule, task) in val_tasks.items()
                     }
                     grid = evaluate.sample_grid(model, grid_support, config.sample, current)
                 improved = val_bound > float(trainer.best_val_bound.numpy())

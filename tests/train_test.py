@@ -340,11 +340,11 @@ class EndToEndTest(tf.test.TestCase):
         self.assertEqual((restored.step, restored.weights), (2, "average"))
         splits = omniglot.load_configured_splits(config.data, helpers.DATA_DIR, config.seed)
         tasks = train.validation_tasks(config, splits["val"], restored.model)
-        self.assertEqual([task["labels"].size for task in tasks.values()], [30, 30])
+        self.assertEqual([(rule, task["labels"].size) for rule, task in tasks.values()], [("kl", 30), ("kl", 30)])
         config.train.ema_decay = 0.0
         trained = workdir_lib.restore_model(config, workdir, "best").model
         logged, of_average, of_trained = [], [], []
-        for name, task in tasks.items():
+        for name, (_, task) in tasks.items():
             self.assertEqual(curve["accuracy"][name]["step"], [2])
             logged += curve["accuracy"][name]["value"]
             of_average.append(1 - classify.error_rate(restored.model, task, "kl"))
