@@ -12,20 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Published per-shot rows of SPEC §3, nats by t, for C_test = 1 unless the key says.
-REFERENCES = {
-    1: {
-        "GMN conv (Bartunov 2016 talk)": {1: -94.35, 2: -92.26, 3: -90.39, 4: -89.75, 5: -88.65, 10: -84.14},
-        "GMN FC (Bartunov 2016 talk)": {1: -101.00, 2: -99.67, 3: -98.06, 4: -97.48, 5: -95.89, 10: -92.11},
-        "GMN, arXiv 1612.02192 v1 (items with replacement)": {
-            1: -90.9, 2: -82.8, 3: -78.8, 4: -76.4, 5: -74.2, 10: -64.6,
-        },
-        "VAE (arXiv 1612.02192 v1)": {1: -89.2},
-        "IWAE k=50 (Burda et al., in the talk)": {1: -103.38},
-        "Seq. generative model, 80 steps (Rezende et al.)": {1: -95.5},
-    },
-    3: {"GMN conv, C=3 (Bartunov 2016 talk)": {1: -95.05, 2: -93.40, 3: -91.87, 4: -91.06, 5: -91.02, 10: -87.55}},
-}  # fmt: skip
+from oneshot_tf import published  # noqa: E402
 
 
 def per_shot_figure(result: dict, path) -> pathlib.Path:
@@ -39,7 +26,7 @@ def per_shot_figure(result: dict, path) -> pathlib.Path:
     label = f"ours: {result['model']}, step {result['trained_steps']}, K={result['num_samples']}"
     ax.errorbar(shots, means, yerr=errors, fmt="o-", color="black", capsize=3, label=label, zorder=3)
     markers = iter("sDv^<>p")
-    for name, row in REFERENCES.get(result.get("c_test", 1), {}).items():
+    for name, row in published.PER_SHOT.get(result.get("c_test", 1), {}).items():
         ts = sorted(row)
         style = "--" if len(ts) > 1 else ""
         ax.plot([t - 1 for t in ts], [row[t] for t in ts], style, marker=next(markers), alpha=0.7, label=name)

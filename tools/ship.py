@@ -5,7 +5,8 @@
 
 Copies the newest export (<workdir>/export/<model>/<v>/) as pretrained/<model>/1/,
 with eval.json, per_shot.png, the newest sample grid (required), config.json and PROVENANCE.md
-(steps, wall time, machine, command, commit, numbers). A model already shipped is
+(steps, wall time, machine, command, commit, numbers); then README's table of the
+shipped models wants `python tools/results_table.py --write`. A model already shipped is
 replaced only when the new one's mean of t = 1..5 (eval.json) is higher, unless
 --force. Refuses a model folder over 40 MB. Prints what it did.
 """
@@ -100,7 +101,8 @@ def main(argv):
         )
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    print(f"shipped {export} as {target}/1 ({size / 2**20:.1f} MB)")
+    print(f"shipped {export} as {target}/1 ({size / 2**20:.1f} MB); "
+          f"then: python tools/results_table.py --root={_ROOT.value} --write")  # fmt: skip
 
 
 if __name__ == "__main__":
