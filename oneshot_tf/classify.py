@@ -35,6 +35,23 @@ def _context(model, sets: np.ndarray, batch_size: int = 256):
     return np.concatenate(means), np.concatenate(stds)
 
 
+def context_information(model, sets: np.ndarray, *, active_threshold: float = 0.01) -> dict:
+    """How much the context posteriors q(c | D) of `sets` [N, set_size, 28, 28, 1] say.
+
+    Returns {"kl": mean over sets of KL(q(c | D) || N(0, I)) in nats (the prior of the
+    context, or of its top layer), "active_dims": dims whose posterior mean varies over
+    the sets by more than `active_threshold` (Burda et al.'s active units), "dims"}.
+    """
+    mean, std = _context(model, sets)
+    mean, std = mean.reshape(len(sets), -1), std.reshape(len(sets), -1)
+    kl = _diag_gaussian_kl(mean, std, np.zeros_like(mean), np.ones_like(std))
+    return {
+        "kl": float(np.mean(kl)),
+        "active_dims": int(np.sum(np.var(mean, axis=0) > active_threshold)),
+        "dims": mean.shape[1],
+    }
+
+
 def scores(
     model,
     support: np.ndarray,

@@ -22,6 +22,28 @@ class KlRuleTest(tf.test.TestCase):
         self.assertAllClose(classify._diag_gaussian_kl(m1, s1, m2, s2), expected, rtol=1e-5)
 
 
+class _StubContextModel:
+    """q(c | D) = N([number of ink pixels in D, 0, 3], [0.5, 1, 1]) for sets [N, T, 28, 28, 1]."""
+
+    def context_posterior(self, sets, training=False):
+        ink = tf.reduce_sum(sets, axis=[1, 2, 3, 4])
+        loc = tf.stack([ink, tf.zeros_like(ink), tf.fill(tf.shape(ink), 3.0)], axis=-1)
+        return tfp.distributions.MultivariateNormalDiag(loc, tf.broadcast_to([0.5, 1.0, 1.0], tf.shape(loc)))
+
+
+class ContextInformationTest(tf.test.TestCase):
+    def test_kl_to_the_prior_and_the_dims_that_vary_over_sets(self):
+        sets = np.zeros([4, 2, 28, 28, 1], np.float32)
+        for i in range(4):
+            sets[i, 0, 0, :i] = 1.0  # i ink pixels in set i
+        information = classify.context_information(_StubContextModel(), sets)
+        # Dim 0: 0.5 * (m^2 + 0.25 - 1) - log 0.5 for m = 0..3; dim 2: 0.5 * 3^2, every set; dim 1: 0.
+        dim0 = np.mean([0.5 * (m**2 + 0.25 - 1) - np.log(0.5) for m in range(4)])
+        self.assertAllClose(information["kl"], dim0 + 4.5, rtol=1e-5)
+        # Only dim 0's mean varies over the sets (dim 2 is far from the prior, but constant).
+        self.assertEqual((information["active_dims"], information["dims"]), (1, 3))
+
+
 class TrainedStatisticianTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -60,6 +82,13 @@ class TrainedStatisticianTest(tf.test.TestCase):
         log_probs = evaluate.per_shot_log_probs(self.model, test, num_samples=10, seed=0)
         # Conditioning on 5 drawings of the character beats conditioning on none.
         self.assertGreater(log_probs[:, 5].mean(), log_probs[:, 0].mean())
+
+    def test_context_information_of_its_context(self):
+        sets = episodes.fixed_episodes(self.test, num_episodes=30, set_size=5, seed=4)["images"]
+        information = classify.context_information(self.model, sets)
+        self.assertEqual(information["dims"], 16)
+        self.assertBetween(information["active_dims"], 0, 16)
+        self.assertGreater(information["kl"], 0.0)
 
     def test_rules_by_model(self):
         self.assertEqual(self.model.classification_rules, ("kl", "likelihood"))

@@ -1,6 +1,7 @@
 """Command-line tools that have no module of their own to be tested with."""
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -8,7 +9,9 @@ import sys
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import main
+from oneshot_tf import classify, main, precision, train
+from oneshot_tf import workdir as workdir_lib
+from oneshot_tf.data import episodes, few_shot, omniglot
 from tests import helpers
 
 
@@ -191,6 +194,43 @@ class ResultsTableTest(absltest.TestCase):
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("exactly one pair of markers", done.stderr)
         self.assertEqual(readme.read_text(), "no markers\n")
+
+
+class FewShotAccuracyTest(tf.test.TestCase):
+    def test_reports_the_checkpoints_accuracy_bound_and_context_information(self):
+        config = helpers.tiny_config("statistician")
+        config.precision = "float32"
+        config.train.steps = 4
+        workdir = self.create_tempdir().full_path
+        train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        out = pathlib.Path(self.create_tempdir().full_path) / "curve.jsonl"
+        done = _run_tool(
+            "few_shot_accuracy.py", "--config=configs/statistician.py:tiny", "--config.data.source=gmn28",
+            "--config.precision=float32", f"--workdir={workdir}", "--queries=40", "--sets=20",
+            f"--data_dir={helpers.DATA_DIR}", f"--out={out}",
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        line = json.loads(done.stdout.strip().splitlines()[-1])
+        self.assertEqual(json.loads(out.read_text()), line)
+        self.assertEqual((line["step"], line["checkpoint"], line["weights"]), (4, "latest", "average"))
+        # The tool's numbers are the model's on the tasks and sets it names.
+        with precision.policy_scope("float32"):
+            model = workdir_lib.restore_model(config, workdir, "latest").model
+            test = omniglot.load_configured_splits(config.data, helpers.DATA_DIR, config.seed)["test"]
+            for ways, shots in ((5, 1), (20, 1), (5, 5)):
+                task = few_shot.random_episodes(test, ways=ways, shots=shots, num_episodes=40 // ways, seed=0)
+                error = classify.error_rate(model, task, "kl", num_samples=config.eval.classification_num_samples)
+                self.assertAlmostEqual(line[f"{ways}way_{shots}shot_kl_accuracy"], round(1 - error, 4))
+                stderr = math.sqrt(error * (1 - error) / task["labels"].size)
+                self.assertAlmostEqual(line[f"{ways}way_{shots}shot_kl_stderr"], round(stderr, 4))
+            sets = episodes.fixed_episodes(test, num_episodes=20, set_size=config.data.set_size, seed=0)["images"]
+            for size in (1, config.data.set_size):
+                information = classify.context_information(model, sets[:, :size])
+                self.assertAlmostEqual(line[f"test_context_kl_set{size}"], round(information["kl"], 3))
+                self.assertEqual(line[f"test_context_active_dims_set{size}"], information["active_dims"])
+        self.assertEqual(line["context_dims"], config.model_kwargs.context_size)
+        self.assertIn("test_bound", line)
+        self.assertIn("val_bound", line)
 
 
 class CheckExportTest(absltest.TestCase):

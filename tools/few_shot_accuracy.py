@@ -7,7 +7,10 @@ The columns of the PyTorch reference's curve (../shared/bench/peer_ns_curve.json
 the two compare at equal steps: accuracy on random 5-way 1-shot, 20-way 1-shot and
 5-way 5-shot tasks of the test (evaluation-alphabet) characters, each +- its standard
 error, per classification rule; and the mean training bound per image on test and
-validation sets of the training set size. Prints one JSON line (appended to --out).
+validation sets of the training set size; for a model with context posteriors (the KL
+rule's), how much they say about the test sets and their first drawings alone
+(`classify.context_information`: KL to the prior in nats, active dims). Prints one JSON
+line (appended to --out).
 A run trained with train.ema_decay is scored with its weight average (the line's
 `weights`); add --config.train.ema_decay=0 for the trained weights.
 """
@@ -90,6 +93,12 @@ def main(argv):
             splits[name], num_episodes=_SETS.value, set_size=config.data.set_size, seed=config.eval.seed
         )["images"]
         result[f"{name}_bound"] = round(evaluate.mean_bound(model, sets, seed=config.eval.seed), 3)
+        if name == "test" and "kl" in model.classification_rules:
+            for size in (1, sets.shape[1]):
+                information = classify.context_information(model, sets[:, :size])
+                result[f"test_context_kl_set{size}"] = round(information["kl"], 3)
+                result[f"test_context_active_dims_set{size}"] = information["active_dims"]
+            result["context_dims"] = information["dims"]
     for ways, shots in TASKS:
         task = few_shot.random_episodes(
             splits["test"], ways=ways, shots=shots, num_episodes=_QUERIES.value // ways, seed=config.eval.seed
