@@ -39,14 +39,16 @@ def context_information(model, sets: np.ndarray, *, active_threshold: float = 0.
     """How much the context posteriors q(c | D) of `sets` [N, set_size, 28, 28, 1] say.
 
     Returns {"kl": mean over sets of KL(q(c | D) || N(0, I)) in nats (the prior of the
-    context, or of its top layer), "active_dims": dims whose posterior mean varies over
-    the sets by more than `active_threshold` (Burda et al.'s active units), "dims"}.
+    context, or of its top layer), "max_dim_kl": the largest one dim's share of it,
+    "active_dims": dims whose posterior mean varies over the sets by more than
+    `active_threshold` (Burda et al.'s active units), "dims"}.
     """
     mean, std = _context(model, sets)
     mean, std = mean.reshape(len(sets), -1), std.reshape(len(sets), -1)
-    kl = _diag_gaussian_kl(mean, std, np.zeros_like(mean), np.ones_like(std))
+    kl_by_dim = np.mean(_diag_gaussian_kl(mean[..., None], std[..., None], 0.0, 1.0), axis=0)
     return {
-        "kl": float(np.mean(kl)),
+        "kl": float(np.sum(kl_by_dim)),
+        "max_dim_kl": float(np.max(kl_by_dim)),
         "active_dims": int(np.sum(np.var(mean, axis=0) > active_threshold)),
         "dims": mean.shape[1],
     }

@@ -40,6 +40,7 @@ class ContextInformationTest(tf.test.TestCase):
         # Dim 0: 0.5 * (m^2 + 0.25 - 1) - log 0.5 for m = 0..3; dim 2: 0.5 * 3^2, every set; dim 1: 0.
         dim0 = np.mean([0.5 * (m**2 + 0.25 - 1) - np.log(0.5) for m in range(4)])
         self.assertAllClose(information["kl"], dim0 + 4.5, rtol=1e-5)
+        self.assertAllClose(information["max_dim_kl"], 4.5, rtol=1e-5)
         # Only dim 0's mean varies over the sets (dim 2 is far from the prior, but constant).
         self.assertEqual((information["active_dims"], information["dims"]), (1, 3))
 

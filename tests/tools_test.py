@@ -227,6 +227,7 @@ class FewShotAccuracyTest(tf.test.TestCase):
             for size in (1, config.data.set_size):
                 information = classify.context_information(model, sets[:, :size])
                 self.assertAlmostEqual(line[f"test_context_kl_set{size}"], round(information["kl"], 3))
+                self.assertAlmostEqual(line[f"test_context_max_dim_kl_set{size}"], round(information["max_dim_kl"], 3))
                 self.assertEqual(line[f"test_context_active_dims_set{size}"], information["active_dims"])
         self.assertEqual(line["context_dims"], config.model_kwargs.context_size)
         self.assertIn("test_bound", line)

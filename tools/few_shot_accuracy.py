@@ -9,8 +9,8 @@ the two compare at equal steps: accuracy on random 5-way 1-shot, 20-way 1-shot a
 error, per classification rule; and the mean training bound per image on test and
 validation sets of the training set size; for a model with context posteriors (the KL
 rule's), how much they say about the test sets and their first drawings alone
-(`classify.context_information`: KL to the prior in nats, active dims). Prints one JSON
-line (appended to --out).
+(`classify.context_information`: KL to the prior in nats, the largest one dim's
+share, active dims). Prints one JSON line (appended to --out).
 A run trained with train.ema_decay is scored with its weight average (the line's
 `weights`); add --config.train.ema_decay=0 for the trained weights.
 """
@@ -97,6 +97,7 @@ def main(argv):
             for size in (1, sets.shape[1]):
                 information = classify.context_information(model, sets[:, :size])
                 result[f"test_context_kl_set{size}"] = round(information["kl"], 3)
+                result[f"test_context_max_dim_kl_set{size}"] = round(information["max_dim_kl"], 3)
                 result[f"test_context_active_dims_set{size}"] = information["active_dims"]
             result["context_dims"] = information["dims"]
     for ways, shots in TASKS:
