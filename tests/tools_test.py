@@ -233,6 +233,12 @@ class FewShotAccuracyTest(tf.test.TestCase):
         self.assertIn("test_bound", line)
         self.assertIn("val_bound", line)
 
+    def test_fewer_queries_than_ways_is_a_usage_error(self):
+        done = _run_tool("few_shot_accuracy.py", "--config=configs/statistician.py:tiny", "--workdir=/nonexistent",
+                         "--queries=5")  # fmt: skip
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("--queries=5: a 20-way task needs at least 20", done.stderr)
+
 
 class CheckExportTest(absltest.TestCase):
     def test_the_export_scores_like_the_checkpoint_it_came_from(self):

@@ -73,6 +73,9 @@ def main(argv):
     config = _CONFIG.value
     if config is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
+    most_ways = max(ways for ways, _ in TASKS)
+    if _QUERIES.value < most_ways:
+        raise app.UsageError(f"--queries={_QUERIES.value}: a {most_ways}-way task needs at least {most_ways}")
     precision_lib.set_policy(config.precision)
     data_dir = _DATA_DIR.value or omniglot.default_data_dir()
     splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
