@@ -250,12 +250,12 @@ def _format_seconds(seconds: float) -> str:
 def training_data(config, characters, start: int = 0) -> tuple:
     """(training characters after augmentation, endless episode dataset from batch `start`).
 
-    Raises ConfigError for turns on the vinyals split, whose classes already include
-    every rotation (the turns would only repeat them under new names).
+    Raises ConfigError for turns on a split whose classes already include every
+    rotation (vinyals, random: the turns would only repeat them under new names).
     """
-    if config.data.augment_turns and config.data.split == "vinyals":
+    if config.data.augment_turns and config.data.split in omniglot.ROTATED_SPLITS:
         raise errors.ConfigError(
-            "data.augment_turns: the vinyals split's training classes already include every rotation, "
+            f"data.augment_turns: the {config.data.split} split's training classes already include every rotation, "
             "so turning them only repeats them; set --config.data.augment_turns=False (flips still add classes)"
         )
     if config.data.augment_turns or config.data.augment_flips:

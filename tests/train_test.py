@@ -392,15 +392,19 @@ class EndToEndTest(tf.test.TestCase):
         with self.assertRaisesRegex(errors.ConfigError, "at most one of train.grad_clip_norm"):
             train.Trainer(config)
 
-    def test_turns_on_the_vinyals_split_are_a_config_error(self):
-        config = helpers.tiny_config("gmn")  # Turns and flips on.
-        config.data.split = "vinyals"
+    def test_turns_on_a_rotated_split_are_a_config_error(self):
         characters = omniglot.CharacterSet(("A/character01/rot000",), np.zeros([1, 20, 28, 28], np.uint8))
-        with self.assertRaisesRegex(errors.ConfigError, "already include every rotation"):
-            train.training_data(config, characters)
-        config.data.augment_turns = False
-        augmented, _ = train.training_data(config, characters)
-        self.assertEqual(augmented.names, ("A/character01/rot000/rot000", "A/character01/rot000/rot000/flip"))
+        for split in ("vinyals", "random"):
+            with self.subTest(split):
+                config = helpers.tiny_config("gmn")  # Turns and flips on.
+                config.data.split = split
+                with self.assertRaisesRegex(
+                    errors.ConfigError, f"the {split} split's .* already include every rotation"
+                ):
+                    train.training_data(config, characters)
+                config.data.augment_turns = False
+                augmented, _ = train.training_data(config, characters)
+                self.assertEqual(augmented.names, ("A/character01/rot000/rot000", "A/character01/rot000/rot000/flip"))
 
     def test_same_seed_same_run(self):
         results = []

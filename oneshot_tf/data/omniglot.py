@@ -17,7 +17,11 @@ Sources (SPEC §2):
 
 Splits: `lake` trains on the 30 background alphabets and tests on the 20 evaluation
 alphabets; `vinyals` uses the split files of Vinyals et al. (2016), rotations
-included. Validation characters are always carved from training characters.
+included (whole alphabets: its 423 test characters come from 13 alphabets, 12 of them
+unseen in training); `random` has the same 1028 / 172 / 423 characters a part and the
+same rotations, drawn at random from all 50 alphabets (as the public Neural
+Statistician code splits), so its test characters mostly share alphabets with
+training ones. Validation characters are never test characters.
 """
 
 import dataclasses
@@ -35,7 +39,14 @@ NUM_DRAWERS = 20
 BACKGROUND = "images_background"
 EVALUATION = "images_evaluation"
 SOURCES = ("auto", "gmn28", "upstream", "tfds")
-SPLITS = ("lake", "vinyals")
+SPLITS = ("lake", "vinyals", "random")
+# Splits whose classes are characters in each of 4 rotations (so turning them adds nothing).
+ROTATED_SPLITS = ("vinyals", "random")
+# Characters a part (train, val, test) of the vinyals split files, and so of `random`.
+VINYALS_SIZES = (1028, 172, 423)
+# The `random` split's permutation: fixed, so that every run, whatever its seed, tests
+# on the same characters.
+RANDOM_SPLIT_SEED = 0
 _GMN_FILES = {BACKGROUND: "train_small.npz", EVALUATION: "test_small.npz"}
 
 
@@ -362,6 +373,22 @@ def _vinyals(halves: dict, data_dir, split_dir=None) -> dict:
     return result
 
 
+def _random_characters(halves: dict) -> dict:
+    """All 1,623 characters shuffled with RANDOM_SPLIT_SEED into VINYALS_SIZES parts, each
+    character as 4 classes (rot000, rot090, rot180, rot270), like the vinyals files."""
+    everything = _merge(halves[BACKGROUND], halves[EVALUATION])
+    if len(everything) != sum(VINYALS_SIZES):
+        raise DataError(f"random split: expected {sum(VINYALS_SIZES)} characters, the source has {len(everything)}")
+    order = np.random.default_rng(RANDOM_SPLIT_SEED).permutation(len(everything))
+    bounds = np.cumsum((0,) + VINYALS_SIZES)
+    result = {}
+    for part, start, stop in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
+        chosen = sorted(order[start:stop])
+        characters = CharacterSet(tuple(everything.names[i] for i in chosen), everything.images[chosen])
+        result[part] = with_turns_and_flips(characters, flips=False)
+    return result
+
+
 def with_turns_and_flips(characters: CharacterSet, *, turns: bool = True, flips: bool = True) -> CharacterSet:
     """Adds rotated (90, 180, 270 degrees) and mirrored copies as new characters.
 
@@ -404,9 +431,9 @@ def load_splits(
     Args:
       source: one of SOURCES.
       data_dir: folder holding the source (and splits/vinyals for `vinyals`).
-      split: `lake` (background vs evaluation alphabets) or `vinyals`.
+      split: `lake` (background vs evaluation alphabets), `vinyals` or `random`.
       num_val_characters: for `lake`, training characters held out for validation
-        (chosen with `seed`); `vinyals` has its own validation file.
+        (chosen with `seed`); `vinyals` and `random` have their own validation part.
       seed: seed for the validation carve-out.
 
     Returns:
@@ -417,6 +444,8 @@ def load_splits(
     halves = load_source(source, data_dir, tfds_download=tfds_download, cache_dir=cache_dir)
     if split == "vinyals":
         return _vinyals(halves, data_dir)
+    if split == "random":
+        return _random_characters(halves)
     background = halves[BACKGROUND]
     if not 0 <= num_val_characters < len(background):
         raise DataError(f"num_val_characters={num_val_characters} must be in [0, {len(background)})")

@@ -150,8 +150,8 @@ class ErrorsTest(tf.test.TestCase):
     def test_unknown_source_and_split(self):
         with self.assertRaisesRegex(omniglot.DataError, "valid: auto, gmn28, upstream, tfds"):
             omniglot.load_splits("mnist", helpers.DATA_DIR)
-        with self.assertRaisesRegex(omniglot.DataError, "valid: lake, vinyals"):
-            omniglot.load_splits("gmn28", helpers.DATA_DIR, split="random")
+        with self.assertRaisesRegex(omniglot.DataError, "valid: lake, vinyals, random"):
+            omniglot.load_splits("gmn28", helpers.DATA_DIR, split="alphabets")
 
 
 class SplitsTest(tf.test.TestCase):
@@ -175,6 +175,40 @@ class SplitsTest(tf.test.TestCase):
         self.assertEmpty(
             {n.rsplit("/", 1)[0] for n in train.names} & {n.rsplit("/", 1)[0] for n in splits["test"].names}
         )
+
+    def test_random_split_is_the_vinyals_sizes_from_every_alphabet(self):
+        def alphabet(name):
+            return name.split("/")[1]
+
+        def character(name):
+            return name.rsplit("/", 1)[0]
+
+        splits = omniglot.load_splits("gmn28", helpers.DATA_DIR, split="random", seed=0)
+        self.assertEqual([len(splits[p]) for p in ("train", "val", "test")], [4112, 688, 1692])
+        characters = {p: {character(n) for n in splits[p].names} for p in ("train", "val", "test")}
+        self.assertEqual([len(characters[p]) for p in ("train", "val", "test")], list(omniglot.VINYALS_SIZES))
+        self.assertEmpty(characters["train"] & characters["test"])
+        self.assertEmpty(characters["val"] & (characters["train"] | characters["test"]))
+        # Every test character in its 4 rotations, each the turned drawings.
+        test = splits["test"]
+        index = {n: i for i, n in enumerate(test.names)}
+        some = sorted(characters["test"])[7]
+        for degrees in (90, 180, 270):
+            self.assertAllEqual(
+                np.rot90(test.images[index[f"{some}/rot000"]], degrees // 90, axes=(1, 2)),
+                test.images[index[f"{some}/rot{degrees:03d}"]],
+            )
+        # Unlike the vinyals files, test alphabets are training alphabets.
+        training_alphabets = {alphabet(n) for n in splits["train"].names}
+        self.assertGreaterEqual(len({alphabet(n) for n in test.names}), 45)
+        self.assertTrue(all(alphabet(n) in training_alphabets for n in test.names))
+        vinyals = omniglot.load_splits("gmn28", helpers.DATA_DIR, split="vinyals")
+        vinyals_training_alphabets = {alphabet(n) for n in vinyals["train"].names}
+        self.assertEqual(sum(alphabet(n) in vinyals_training_alphabets for n in vinyals["test"].names), 16)
+        # The same characters whatever the run's seed.
+        again = omniglot.load_splits("gmn28", helpers.DATA_DIR, split="random", seed=1)
+        self.assertEqual(again["test"].names, test.names)
+        self.assertEqual(again["val"].names, splits["val"].names)
 
 
 if __name__ == "__main__":
