@@ -20,8 +20,8 @@ alphabets; `vinyals` uses the split files of Vinyals et al. (2016), rotations
 included (whole alphabets: its 423 test characters come from 13 alphabets, 12 of them
 unseen in training); `random` has the same 1028 / 172 / 423 characters a part and the
 same rotations, drawn at random from all 50 alphabets (as the public Neural
-Statistician code splits), so its test characters mostly share alphabets with
-training ones. Validation characters are never test characters.
+Statistician code splits), so its test characters share alphabets with training
+ones (with RANDOM_SPLIT_SEED, every one does). Validation characters are never test characters.
 """
 
 import dataclasses
