@@ -22,7 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     # auto | gmn28 | upstream | tfds (oneshot_tf/data/omniglot.py).
     config.data.source = "auto"
     # lake (background vs evaluation alphabets) | vinyals (Vinyals et al.'s files: mostly
-    # unseen alphabets) | random (as many characters, from all alphabets); both with rotations.
+    # unseen alphabets) | random (as many characters, from all alphabets: the NS paper's
+    # protocol); both with rotations.
     config.data.split = "lake"
     # Training characters held out for validation under the lake split.
     config.data.num_val_characters = 50

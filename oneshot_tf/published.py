@@ -32,7 +32,7 @@ SET_OF_5 = {
 
 # Few-shot classification accuracy by task (eval.json's classification names).
 ACCURACY = {
-    "Neural Statistician paper (vinyals split)": {
+    "Neural Statistician paper (random character split)": {
         "random_5way_1shot": 0.981, "random_5way_5shot": 0.995, "random_20way_1shot": 0.932, "random_20way_5shot": 0.981,
     },
     "PyTorch Neural Statistician at its best (lake split, ../shared/bench)": {
