@@ -124,37 +124,6 @@ class SequentialGenerativeModelTest(tf.test.TestCase):
             self.assertIsNotNone(gradient, name)
             self.assertGreater(float(tf.reduce_sum(tf.abs(gradient))), 0.0, name)
 
-    def _negative_kl(self, model, targets):
-        """-KL of the bound of each of targets [N, 28, 28] with no support, at one seed."""
-        num = tf.shape(targets)[0]
-        _, negative_kl = model._run(
-            targets,
-            tf.zeros([1, 28, 28]),
-            tf.zeros([num, 0], tf.int32),
-            tf.ones([num, 1], bool),
-            tf.constant([5, 5]),
-            training_kl=True,
-        )
-        return negative_kl
-
-    def test_only_the_image_read_sees_a_pixel_outside_the_glimpse(self):
-        targets = helpers.random_images([2, 28, 28], 6)
-        corner_flipped = tf.tensor_scatter_nd_update(targets, [[0, 0, 0], [1, 0, 0]], 1 - targets[:, 0, 0])
-        glimpse = helpers.tiny_model("seqgen", encoder_read="glimpse")
-        image = helpers.tiny_model("seqgen", encoder_read="image")
-        for model in (glimpse, image):
-            model.elbo(helpers.random_images([1, 2, 28, 28, 1]), tf.constant([0, 0]))  # Builds the layers.
-        # The glimpse's window: scale 0.1 at the centre, whatever the state (its kernel starts at zero).
-        glimpse.target_read.dense.bias.assign([-30.0, -30.0, 0.0, 0.0])
-        self.assertAllClose(self._negative_kl(glimpse, targets), self._negative_kl(glimpse, corner_flipped))
-        changed = self._negative_kl(image, targets) - self._negative_kl(image, corner_flipped)
-        self.assertTrue(np.all(np.abs(changed.numpy()) > 1e-6), changed)
-        self.assertEqual(image.encoder_cell.kernel.shape[0], 2 * 28 * 28 + 3 * 3 + 8)  # Target, error, read, state.
-
-    def test_an_unknown_encoder_read_is_rejected(self):
-        with self.assertRaisesRegex(ValueError, "encoder_read must be one of glimpse, image, got 'whole'"):
-            helpers.tiny_model("seqgen", encoder_read="whole")
-
 
 if __name__ == "__main__":
     absltest.main()
