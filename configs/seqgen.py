@@ -18,8 +18,6 @@ def get_config(variant: str = "default"):
     config.model_kwargs.read_size = 12
     config.model_kwargs.write_size = 12
     config.model_kwargs.key_size = 64
-    # The encoder's view of the target: "glimpse" (a read_size patch) or "image" (whole).
-    config.model_kwargs.encoder_read = "glimpse"
     config.data.batch_size = 16
     config.data.set_size = 5
     config.data.num_classes = 1
