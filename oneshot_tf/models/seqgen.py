@@ -9,8 +9,7 @@ step. With support slots x'_0 (a learned "nothing to copy" patch) and x'_1..x'_n
   p(x | z_1..S, x') = Bernoulli(logits = C_S),
 where A_s, B_s are spatial-transformer parameters (scales and shifts) computed from
 h_{s-1} and h_s. Recognition, q(z_s | x, z_<s, x'): an encoder LSTM reads the
-target x and the error x - sigmoid(C_{s-1}), either through a third transformer
-(encoder_read="glimpse") or whole (encoder_read="image", DRAW's read without attention).
+target x and the error x - sigmoid(C_{s-1}) through a third transformer.
 Bound: log p(x | x') >= E_q [log p(x | z, x') - sum_s KL(q(z_s | ...) || N(0, I))].
 With no support drawings only the learned slot is read: the unconditional model.
 
@@ -28,8 +27,6 @@ import tensorflow_probability as tfp
 from oneshot_tf.models import base, layers, spatial_transformer
 
 tfd = tfp.distributions
-
-ENCODER_READS = ("glimpse", "image")
 
 
 class TransformerParams(keras.layers.Layer):
@@ -58,7 +55,6 @@ class SequentialGenerativeModel(base.FewShotModel):
         read_size: int = 12,
         write_size: int = 12,
         key_size: int = 64,
-        encoder_read: str = "glimpse",
         **kwargs,
     ):
         """Builds the networks.
@@ -69,16 +65,10 @@ class SequentialGenerativeModel(base.FewShotModel):
           latent_size: dims of each z_s.
           read_size, write_size: side of the read and write patches.
           key_size: size of the support-attention keys.
-          encoder_read: what the encoder sees of the target x and the error at each step:
-            "glimpse", a read_size patch of each where the decoder state points;
-            "image", both whole (2 x 28 x 28 inputs).
         """
         super().__init__(**kwargs)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if encoder_read not in ENCODER_READS:
-            raise ValueError(f"encoder_read must be one of {', '.join(ENCODER_READS)}, got {encoder_read!r}")
-        self.encoder_read = encoder_read
         self.num_steps = num_steps
         self.hidden_size = hidden_size
         self.latent_size = latent_size
@@ -86,8 +76,7 @@ class SequentialGenerativeModel(base.FewShotModel):
         self.write_size = write_size
         self.decoder_cell = keras.layers.LSTMCell(hidden_size)
         self.encoder_cell = keras.layers.LSTMCell(hidden_size)
-        if encoder_read == "glimpse":
-            self.target_read = TransformerParams()
+        self.target_read = TransformerParams()
         self.support_read = TransformerParams()
         self.write_params = TransformerParams()
         self.write_patch = keras.layers.Dense(write_size * write_size)
@@ -116,16 +105,6 @@ class SequentialGenerativeModel(base.FewShotModel):
         weights = tf.nn.softmax(tf.where(mask, scores, -1e9), axis=-1)
         return tf.einsum("nj,njk->nk", weights, patches)
 
-    def _read_target(self, targets, canvas, hidden):
-        """The encoder's view of targets [N, 28, 28] and their error under canvas [N, 28, 28]:
-        [N, 2 * read_size**2] (glimpse) or [N, 2 * 784] (image)."""
-        error = targets - tf.sigmoid(canvas + self.canvas_bias)
-        both = tf.stack([targets, error], 1)  # [N, 2, 28, 28]
-        if self.encoder_read == "image":
-            return tf.reshape(both, tf.stack([tf.shape(targets)[0], 2 * 28 * 28]))
-        glimpse = spatial_transformer.read(both, self.target_read(hidden)[:, None], self.read_size)
-        return tf.reshape(glimpse, tf.stack([tf.shape(targets)[0], 2 * self.read_size**2]))
-
     def _run(self, targets, support, slot_of, mask, seed, training_kl: bool):
         """Runs N sequences. targets [N, 28, 28] or None (generation).
 
@@ -144,8 +123,11 @@ class SequentialGenerativeModel(base.FewShotModel):
             if targets is None:
                 z = prior.sample(num, seed=step_seeds[s])
             else:
-                seen = self._read_target(targets, canvas, hidden)
-                encoder_out, encoder_state = self.encoder_cell(tf.concat([seen, read, hidden], -1), encoder_state)
+                error = targets - tf.sigmoid(canvas + self.canvas_bias)
+                params = self.target_read(hidden)
+                glimpse = spatial_transformer.read(tf.stack([targets, error], 1), params[:, None], self.read_size)
+                glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
+                encoder_out, encoder_state = self.encoder_cell(tf.concat([glimpse, read, hidden], -1), encoder_state)
                 posterior = self.posterior(encoder_out)
                 z = posterior.sample(seed=step_seeds[s])
                 if training_kl:
