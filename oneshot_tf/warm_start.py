@@ -8,9 +8,12 @@ step count, the learning-rate schedule and the data stream start afresh; weights
 in half precision are cast to the model's. A run that resumes from its own checkpoint
 ignores init_from. The export must come from the same model and model_kwargs: every
 variable's shape is checked, and a mismatch is a ConfigError naming the first one. One
-exception: a model that extends a simpler one (`warm_start_additions()`, e.g. SCHA-VAE's
-attention over an hfsgm that pools by the mean) starts from the simpler model's export,
-its added layers set to compute what they replace, so it starts as the same function.
+exception: a model that extends a simpler one (`warm_start_additions()`) starts from the
+simpler model's export. SCHA-VAE's attention over an hfsgm that pools by the mean starts
+as the mean, so the model starts as the same function; a statistician with L layers of z
+starts from a one-layer export with its decoder blind to layers 2..L (their kernel rows
+zero, `warm_start_widened()`), so its likelihood is the export's and only the new layers'
+KL, from their fresh initialisation, is added to the bound.
 """
 
 import json
@@ -69,19 +72,39 @@ def _differing_kwargs(folder, model_kwargs) -> str:
     return f"; {path} has {', '.join(differing)}" if differing else ""
 
 
+def _fits(variable, weight, widened: bool) -> bool:
+    """Whether `weight` can start `variable`: the same shape, or for a widened kernel
+    fewer (or as many) rows and otherwise the same shape."""
+    have, want = tuple(weight.shape), tuple(variable.shape)
+    if widened:
+        return len(have) == len(want) and have[0] <= want[0] and have[1:] == want[1:]
+    return have == want
+
+
+def _started(variable, weight) -> tf.Tensor:
+    """`weight` cast to `variable`'s dtype, zero rows appended up to its rows."""
+    weight = tf.cast(weight, variable.dtype)
+    missing = variable.shape[0] - weight.shape[0]
+    if missing == 0:
+        return weight
+    return tf.concat([weight, tf.zeros([missing, *weight.shape[1:]], variable.dtype)], axis=0)
+
+
 def initialise(model, path, model_kwargs=None) -> pathlib.Path:
     """Assigns the weights exported at `path` (see saved_model_dir) to the built `model`;
-    returns the SavedModel folder read. Nothing is assigned unless every shape matches.
+    returns the SavedModel folder read. Nothing is assigned unless every shape fits.
     An export without the model's `warm_start_additions()` fills the rest of the model;
-    the additions then start as what they replace. `model_kwargs` (the model's) lets a
-    mismatch's error name the settings in which a shipped model differs."""
+    the additions then start as what they replace where they can, and the kernels of
+    `warm_start_widened()` take the export's rows, zeros after. `model_kwargs` (the
+    model's) lets a mismatch's error name the settings in which a shipped model differs."""
     folder = saved_model_dir(path)
     weights = exported_weights(folder)
-    variables, additions = model.variables, []
+    variables, additions, widened = model.variables, [], set()
     if len(weights) != len(variables):
         additions = model.warm_start_additions()
         added = {id(variable) for layer in additions for variable in layer.variables}
         variables = [variable for variable in variables if id(variable) not in added]
+        widened = {id(variable) for variable in model.warm_start_widened()}
     if len(weights) != len(variables):
         raise errors.ConfigError(
             f"train.init_from: {folder} holds {len(weights)} variables, the configured model has "
@@ -89,16 +112,17 @@ def initialise(model, path, model_kwargs=None) -> pathlib.Path:
             + _differing_kwargs(folder, model_kwargs)
         )
     for variable, weight in zip(variables, weights):
-        if tuple(variable.shape) != tuple(weight.shape):
+        if not _fits(variable, weight, id(variable) in widened):
             raise errors.ConfigError(
                 f"train.init_from: {folder} has shape {tuple(weight.shape)} where the configured model's "
                 f"{variable.path} has {tuple(variable.shape)}: export and config must be the same model "
                 f"and model_kwargs" + _differing_kwargs(folder, model_kwargs)
             )
     for variable, weight in zip(variables, weights):
-        variable.assign(tf.cast(weight, variable.dtype))
+        variable.assign(_started(variable, weight))
     for layer in additions:
-        layer.start_as_replaced()
+        if hasattr(layer, "start_as_replaced"):
+            layer.start_as_replaced()
     if additions:
-        logging.info("train.init_from: %d layers new to the export start as what they replace", len(additions))
+        logging.info("train.init_from: %d layers new to the export (%d widened kernels)", len(additions), len(widened))
     return folder

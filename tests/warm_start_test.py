@@ -146,3 +146,58 @@ class AttentionFromMeanTest(tf.test.TestCase):
             warm_start.initialise(target, folder, self.mean_config.model_kwargs.to_dict())
         for got, want in zip(_values(target), before):
             self.assertAllEqual(got, want)
+
+
+class DeeperStatisticianTest(tf.test.TestCase):
+    """A statistician with three layers of z from an export of a one-layer one."""
+
+    def setUp(self):
+        super().setUp()
+        self.shallow_config = helpers.tiny_config("statistician")
+        self.deep_config = self.shallow_config.copy_and_resolve_references()
+        self.deep_config.model_kwargs.num_latent_layers = 3
+        tf.random.set_seed(5)
+        self.source = _built(self.shallow_config)
+        root = pathlib.Path(self.create_tempdir().full_path)
+        self.folder = export.export_model(self.source, root, "statistician", "float32")
+
+    def test_the_decoder_starts_blind_to_the_new_layers_and_learns_to_read_them(self):
+        target = _built(self.deep_config)
+        warm_start.initialise(target, self.folder)
+        latent_size = self.shallow_config.model_kwargs.latent_size
+        kernel = target.decoder_z.kernel
+        self.assertAllEqual(kernel[:latent_size], self.source.decoder_z.kernel)
+        self.assertAllEqual(kernel[latent_size:], tf.zeros_like(kernel[latent_size:]))
+        for got, want in zip(target.posteriors[0].variables, self.source.posteriors[0].variables):
+            self.assertAllEqual(got, want)
+        context = tf.random.stateless_normal([2, 4, self.shallow_config.model_kwargs.context_size], [1, 2])
+        z_1 = tf.random.stateless_normal([2, 4, latent_size], [3, 4])
+        deeper = tf.random.stateless_normal([2, 4, 2 * latent_size], [5, 6])  # Any z_2, z_3.
+        images = helpers.random_images([2, 4, 28, 28, 1], seed=6)
+        self.assertAllClose(
+            target._likelihood(tf.concat([z_1, deeper], -1), context, False).log_prob(images),
+            self.source._likelihood(z_1, context, False).log_prob(images),
+        )
+        batch = helpers.random_images([3, 5, 28, 28, 1], seed=7)
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(target.elbo(batch, tf.constant([7, 8]), training=True))
+        rows = tape.gradient(loss, kernel)[latent_size:]  # Zero rows would stay zero if this were.
+        self.assertGreater(float(tf.reduce_max(tf.abs(rows))), 0.0)
+
+    def test_other_depths_and_sizes_still_do_not_start_it(self):
+        two_layers = self.shallow_config.copy_and_resolve_references()
+        two_layers.model_kwargs.num_latent_layers = 2
+        root = pathlib.Path(self.create_tempdir().full_path)
+        folder = export.export_model(_built(two_layers), root, "statistician", "float32")
+        target = _built(self.deep_config)
+        before = _values(target)
+        with self.assertRaisesRegex(errors.ConfigError, "holds .* variables"):
+            warm_start.initialise(target, folder)
+        wider = self.deep_config.copy_and_resolve_references()
+        wider.model_kwargs.latent_size += 1
+        with self.assertRaisesRegex(errors.ConfigError, "shape .* same model and model_kwargs"):
+            warm_start.initialise(_built(wider), self.folder)
+        with self.assertRaisesRegex(errors.ConfigError, "holds .* variables"):
+            warm_start.initialise(self.source, folder)  # Nor a deeper export a shallower model.
+        for got, want in zip(_values(target), before):
+            self.assertAllEqual(got, want)

@@ -58,9 +58,16 @@ class FewShotModel(keras.Model):
 
     def warm_start_additions(self) -> list:
         """Layers this model adds to a simpler model of its family, whose exports can
-        still start it (train.init_from): each has `start_as_replaced()`, which sets its
-        weights so that it computes what the simpler model computes in its place. A model
-        that is no such extension has none."""
+        still start it (train.init_from). One with `start_as_replaced()` has it set its
+        weights so that it computes what the simpler model computes in its place; others
+        keep their initialisation. A model that is no such extension has none."""
+        return []
+
+    def warm_start_widened(self) -> list:
+        """Kernels (of the extension `warm_start_additions` describes) that read more
+        inputs than the simpler model's: [inputs, ...] where the export has fewer rows.
+        They take the export's rows first and zeros after, so the added inputs start
+        unread. A model that is no such extension has none."""
         return []
 
     def elbo(self, batch: tf.Tensor, seed: tf.Tensor, training: bool = False) -> tf.Tensor:

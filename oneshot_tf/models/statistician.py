@@ -231,6 +231,16 @@ class NeuralStatistician(base.FewShotModel):
                 decoder_channels, decoder_convs_per_stage, stem_batch_norm=hidden_batch_norm
             )
 
+    def warm_start_additions(self) -> list:
+        """The z networks of layers 2..L: a one-layer model's export starts a deeper one
+        (train.init_from); the new networks keep their initialisation."""
+        return self.posteriors[1:] + self.priors[1:]
+
+    def warm_start_widened(self) -> list:
+        """The decoder's kernel over [z_1, ..., z_L]: a one-layer export has z_1's rows
+        only, so the decoder starts blind to layers 2..L."""
+        return [self.decoder_z.kernel] if self.num_latent_layers > 1 else []
+
     def _encode(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         """[..., 28, 28, 1] with 1 or 2 leading dims -> features [..., F]."""
         return layers.encode_items(self.encoder, images, self.encoder.output_size, training)
