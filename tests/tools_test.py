@@ -229,6 +229,8 @@ class FewShotAccuracyTest(tf.test.TestCase):
                 self.assertAlmostEqual(line[f"test_context_kl_set{size}"], round(information["kl"], 3))
                 self.assertAlmostEqual(line[f"test_context_max_dim_kl_set{size}"], round(information["max_dim_kl"], 3))
                 self.assertEqual(line[f"test_context_active_dims_set{size}"], information["active_dims"])
+            by_layer = model.latent_kl_by_layer(tf.constant(sets), tf.constant([0, 1]))
+            self.assertAllClose(line["test_item_latent_kl_by_layer"], tf.reduce_mean(by_layer, [0, 1]), atol=1e-3)
         self.assertEqual(line["context_dims"], config.model_kwargs.context_size)
         self.assertIn("test_bound", line)
         self.assertIn("val_bound", line)

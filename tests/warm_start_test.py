@@ -179,6 +179,10 @@ class DeeperStatisticianTest(tf.test.TestCase):
             self.source._likelihood(z_1, context, False).log_prob(images),
         )
         batch = helpers.random_images([3, 5, 28, 28, 1], seed=7)
+        seed = tf.constant([1, 2])  # Layer 1 carries what the export's only layer did.
+        self.assertAllClose(
+            target.latent_kl_by_layer(batch, seed)[..., 0], self.source.latent_kl_by_layer(batch, seed)[..., 0]
+        )
         with tf.GradientTape() as tape:
             loss = -tf.reduce_mean(target.elbo(batch, tf.constant([7, 8]), training=True))
         rows = tape.gradient(loss, kernel)[latent_size:]  # Zero rows would stay zero if this were.

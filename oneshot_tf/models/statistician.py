@@ -263,6 +263,25 @@ class NeuralStatistician(base.FewShotModel):
             latents.append(z)
         return tf.concat(latents, axis=-1), kl
 
+    def latent_kl_by_layer(self, sets: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """How many nats each layer of z carries about its drawing: KL(q(z_l | h, c, z_{l-1})
+        || p(z_l | c, z_{l-1})) in closed form, given one c ~ q(c | D) and z_{l-1} ~ q.
+
+        sets: [batch, T, 28, 28, 1] -> float32 [batch, T, L].
+        """
+        base.check_images(sets, 5, "sets")
+        c_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        features = self._encode(sets, False)
+        context = self.statistic(features).sample(seed=c_seed)
+        context = tf.broadcast_to(context[:, None, :], tf.concat([tf.shape(features)[:2], [self.context_size]], 0))
+        seeds = tf.unstack(tf.random.experimental.stateless_split(z_seed, self.num_latent_layers))
+        latents, kls = [], []
+        for posterior_net, prior_net, layer_seed in zip(self.posteriors, self.priors, seeds):
+            posterior = posterior_net([features, context, *latents[-1:]])
+            kls.append(tfd.kl_divergence(posterior, prior_net([context, *latents[-1:]])))
+            latents.append(posterior.sample(seed=layer_seed))
+        return tf.stack(kls, axis=-1)
+
     def _prior_latents(self, context, seed, training: bool = False) -> tf.Tensor:
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, self.num_latent_layers))
         latents = []

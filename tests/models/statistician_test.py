@@ -75,6 +75,23 @@ class StatisticianTest(tf.test.TestCase):
         self.assertLen(np.unique(weights.numpy()[:, 0]), 6)
         self.assertNotAllClose(model.set_log_weights(sets, 6, tf.constant([1, 3])), weights)
 
+    def test_latent_kl_by_layer_is_in_expectation_the_bounds_kl_of_z(self):
+        model = helpers.tiny_model("statistician", num_latent_layers=2)
+        sets = helpers.random_images([3, 4, 28, 28, 1])
+        for s in range(30):  # Batch-norm statistics of these sets, not the initial 0 and 1.
+            model.elbo(sets, tf.constant([s, 9]), training=True)
+        kl_by_layer, elbo_terms = tf.function(model.latent_kl_by_layer), tf.function(model.elbo_terms)
+        by_layer = tf.stack([kl_by_layer(sets, tf.constant([s, 1])) for s in range(200)])
+        self.assertEqual(by_layer.shape, (200, 3, 4, 2))
+        self.assertAllGreaterEqual(by_layer, 0.0)
+        # The bound's KL of z is a one-sample estimate of the sum over layers and items:
+        # the two means over seeds agree within their standard errors.
+        kl_c = tfd.kl_divergence(model.context_posterior(sets), layers.standard_normal(model.context_size))
+        kl_z = tf.stack([elbo_terms(sets, tf.constant([s, 2]))[1] - kl_c for s in range(200)])
+        summed = tf.reduce_sum(by_layer, [2, 3])
+        stderr = tf.sqrt((tf.math.reduce_variance(kl_z, 0) + tf.math.reduce_variance(summed, 0)) / 200)
+        self.assertAllLess(tf.abs(tf.reduce_mean(kl_z, 0) - tf.reduce_mean(summed, 0)) / stderr, 4.0)
+
     def test_normalized_log_variance_head(self):
         model = helpers.tiny_model("statistician", gaussian_head="normalized_log_variance")
         sets = helpers.random_images([3, 4, 28, 28, 1])
