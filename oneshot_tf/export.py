@@ -11,7 +11,9 @@ of shape [batch, 0] (how JSON spells zero shots: `[[], []]`) means [batch, 0, 28
 
 `config.export.weights_dtype = "float16"` stores the floating-point weights in half
 precision (half the size on disk; the signatures compute in the model's own
-precision from the rounded weights).
+precision from the rounded weights). A variable with a value beyond the half type's
+range (float16 ends at 65504: batch norms' moving variances can pass it) is stored
+as it is, not as infinities.
 """
 
 import contextlib
@@ -170,6 +172,14 @@ def check_weights_dtype(weights_dtype: str) -> None:
         )
 
 
+def _stored(variable: tf.Variable, dtype: tf.DType) -> tf.Variable:
+    """`variable` as exported with weights of `dtype`: a copy in `dtype` if it is
+    floating and every value fits in `dtype`'s range, else itself."""
+    if not variable.dtype.is_floating or tf.reduce_max(tf.abs(variable)) > dtype.max:
+        return variable
+    return tf.Variable(tf.cast(variable, dtype), trainable=False, name=variable.name.split(":")[0])
+
+
 def export_model(model, export_root, model_name: str, weights_dtype: str = "float32") -> pathlib.Path:
     """Saves `model` as export_root/<model_name>/<next version>/ and returns that path.
 
@@ -190,12 +200,10 @@ def export_model(model, export_root, model_name: str, weights_dtype: str = "floa
         sample, log_prob = trace(Servable(model))  # Builds a model not yet built.
     variables = [v.value for v in model.variables]
     if weights_dtype != "float32":
-        variables = [
-            tf.Variable(tf.cast(v, weights_dtype), trainable=False, name=v.name.split(":")[0])
-            if v.dtype.is_floating
-            else v
-            for v in variables
-        ]
+        variables = [_stored(v, tf.as_dtype(weights_dtype)) for v in variables]
+        kept = sum(v.dtype != weights_dtype for v in variables if v.dtype.is_floating)
+        if kept:
+            logging.info("%d variables kept their dtype: values beyond %s's range", kept, weights_dtype)
         sample, log_prob = trace(Servable(model, variables))
     signatures = {"serving_default": sample, "sample": sample, "log_prob": log_prob}
     # The saved root holds the variables and the signatures only: saving the Servable

@@ -232,6 +232,25 @@ class ExportTest(tf.test.TestCase):
         self.assertEqual(sorted(p.name for p in (root / "iwae").iterdir()), ["1"])
 
 
+class HalfPrecisionRangeTest(tf.test.TestCase):
+    def test_a_variable_beyond_float16s_range_is_stored_as_it_is(self):
+        model = helpers.tiny_model("statistician")
+        support, query = helpers.random_images([2, 3, 28, 28, 1], seed=1), helpers.random_images([2, 28, 28, 1], seed=2)
+        model.log_weights(support, query, 1, tf.constant([0, 0]))  # Builds it.
+        variance = model.statistic.item.chain[1].moving_variance  # The statistic network's first batch norm.
+        variance.assign(tf.fill(variance.shape, 2e5))  # Inputs that vary that much: past 65504.
+        root = self.create_tempdir().full_path
+        full, half = (export.export_model(model, root, "statistician", dtype) for dtype in ("float32", "float16"))
+        stored = tf.train.load_checkpoint(str(half / "variables" / "variables"))
+        dtypes = [stored.get_variable_to_dtype_map()[k] for k in stored.get_variable_to_shape_map()]
+        floating = [d for d in dtypes if d.is_floating]
+        self.assertEqual(floating.count(tf.float32), 1)  # That variance, none else.
+        self.assertGreater(floating.count(tf.float16), 10)
+        inputs = dict(support=support, query=query, num_samples=tf.constant(10), seed=tf.constant([3, 4]))
+        scores = [tf.saved_model.load(str(path)).signatures["log_prob"](**inputs)["log_prob"] for path in (full, half)]
+        self.assertAllClose(scores[1], scores[0], atol=0.5)
+
+
 class BFloat16ExportTest(ExportTest):
     """The same contract under mixed_bfloat16: reloads stay bit-identical; against the
     in-process model, bfloat16 rounding differs with the graph's op fusion (~1e-5)."""
