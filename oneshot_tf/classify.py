@@ -54,6 +54,17 @@ def context_information(model, sets: np.ndarray, *, active_threshold: float = 0.
     }
 
 
+def latent_information(model, sets: np.ndarray, *, seed: int = 0, batch_size: int = 100) -> list:
+    """How much each layer of a model's item latents says about its drawing: the mean over
+    the items of `sets` [N, set_size, 28, 28, 1] of `model.latent_kl_by_layer`, in nats,
+    one float a layer."""
+    by_layer = [
+        model.latent_kl_by_layer(tf.constant(sets[i : i + batch_size]), tf.constant([seed, 1]))
+        for i in range(0, len(sets), batch_size)
+    ]
+    return [float(kl) for kl in tf.reduce_mean(tf.concat(by_layer, 0), [0, 1])]
+
+
 def scores(
     model,
     support: np.ndarray,

@@ -11,7 +11,7 @@ validation sets of the training set size; for a model with context posteriors (t
 rule's), how much they say about the test sets and their first drawings alone
 (`classify.context_information`: KL to the prior in nats, the largest one dim's
 share, active dims); for a model with layers of item latents (the statistician's z), the
-nats each layer carries about its test drawing (`latent_kl_by_layer`). Prints one JSON
+nats each layer carries about its test drawing (`classify.latent_information`). Prints one JSON
 line (appended to --out).
 A run trained with train.ema_decay is scored with its weight average (the line's
 `weights`); add --config.train.ema_decay=0 for the trained weights.
@@ -106,11 +106,8 @@ def main(argv):
                 result[f"test_context_active_dims_set{size}"] = information["active_dims"]
             result["context_dims"] = information["dims"]
         if name == "test" and hasattr(model, "latent_kl_by_layer"):
-            seed = tf.constant([config.eval.seed, 1])
-            by_layer = tf.concat(
-                [model.latent_kl_by_layer(tf.constant(sets[i : i + 100]), seed) for i in range(0, len(sets), 100)], 0
-            )
-            result["test_item_latent_kl_by_layer"] = [round(float(kl), 3) for kl in tf.reduce_mean(by_layer, [0, 1])]
+            by_layer = classify.latent_information(model, sets, seed=config.eval.seed)
+            result["test_item_latent_kl_by_layer"] = [round(kl, 3) for kl in by_layer]
     for ways, shots in TASKS:
         task = few_shot.random_episodes(
             splits["test"], ways=ways, shots=shots, num_episodes=_QUERIES.value // ways, seed=config.eval.seed

@@ -250,15 +250,21 @@ class NeuralStatistician(base.FewShotModel):
         base.check_images(sets, 5, "sets")
         return self.statistic(self._encode(sets, training), training=training)
 
-    def _latents(self, features, context, seed, training: bool):
-        """z ~ q(z | h, c) layer by layer; returns (z concat [..., L*latent], log q - log p)."""
+    def _latent_layers(self, features, context, seed, training: bool):
+        """Yields, layer by layer, (q(z_l | h, c, z_{l-1}), p(z_l | c, z_{l-1}), z_l ~ q)."""
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, self.num_latent_layers))
-        latents, kl = [], 0.0
+        previous = []
         for posterior_net, prior_net, layer_seed in zip(self.posteriors, self.priors, seeds):
-            previous = latents[-1:]
             posterior = posterior_net([features, context, *previous], training=training)
             prior = prior_net([context, *previous], training=training)
             z = posterior.sample(seed=layer_seed)
+            yield posterior, prior, z
+            previous = [z]
+
+    def _latents(self, features, context, seed, training: bool):
+        """z ~ q(z | h, c) layer by layer; returns (z concat [..., L*latent], log q - log p)."""
+        latents, kl = [], 0.0
+        for posterior, prior, z in self._latent_layers(features, context, seed, training):
             kl += posterior.log_prob(z) - prior.log_prob(z)
             latents.append(z)
         return tf.concat(latents, axis=-1), kl
@@ -272,15 +278,16 @@ class NeuralStatistician(base.FewShotModel):
         base.check_images(sets, 5, "sets")
         c_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         features = self._encode(sets, False)
-        context = self.statistic(features).sample(seed=c_seed)
-        context = tf.broadcast_to(context[:, None, :], tf.concat([tf.shape(features)[:2], [self.context_size]], 0))
-        seeds = tf.unstack(tf.random.experimental.stateless_split(z_seed, self.num_latent_layers))
-        latents, kls = [], []
-        for posterior_net, prior_net, layer_seed in zip(self.posteriors, self.priors, seeds):
-            posterior = posterior_net([features, context, *latents[-1:]])
-            kls.append(tfd.kl_divergence(posterior, prior_net([context, *latents[-1:]])))
-            latents.append(posterior.sample(seed=layer_seed))
-        return tf.stack(kls, axis=-1)
+        features, context = self._per_item(features, self.statistic(features).sample(seed=c_seed))
+        by_layer = self._latent_layers(features, context, z_seed, training=False)
+        return tf.stack([tfd.kl_divergence(posterior, prior) for posterior, prior, _ in by_layer], axis=-1)
+
+    def _per_item(self, features, context) -> tuple:
+        """Encoder features [batch, T, F] and one context per set [..., batch, C], both
+        broadcast to every item: ([..., batch, T, F], [..., batch, T, C])."""
+        items_shape = tf.concat([tf.shape(context)[:-1], tf.shape(features)[1:2]], 0)  # [..., batch, T]
+        items_context = tf.broadcast_to(context[..., None, :], tf.concat([items_shape, [self.context_size]], 0))
+        return tf.broadcast_to(features, tf.concat([items_shape, tf.shape(features)[-1:]], 0)), items_context
 
     def _prior_latents(self, context, seed, training: bool = False) -> tf.Tensor:
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, self.num_latent_layers))
@@ -321,9 +328,7 @@ class NeuralStatistician(base.FewShotModel):
         Returns:
           Two float32 [..., batch, T].
         """
-        items_shape = tf.concat([tf.shape(context)[:-1], tf.shape(features)[1:2]], 0)  # [..., batch, T]
-        items_context = tf.broadcast_to(context[..., None, :], tf.concat([items_shape, [self.context_size]], 0))
-        features = tf.broadcast_to(features, tf.concat([items_shape, tf.shape(features)[-1:]], 0))
+        features, items_context = self._per_item(features, context)
         latents, log_q_minus_log_p = self._latents(features, items_context, seed, training)
         return self._likelihood(latents, items_context, training).log_prob(sets), log_q_minus_log_p
 
