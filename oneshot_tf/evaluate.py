@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import classify, errors, plots
+from oneshot_tf import classify, errors, plots, provenance
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -267,6 +267,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "trained_steps": step + workdir_lib.steps_before(workdir),
         "weights": weights,
         "precision": keras.mixed_precision.global_policy().name,
+        "code_commit": provenance.code_commit(),
         "estimator": estimator_note(model),
         "per_shot": summarize(log_probs),
         "mean_t1_to_5": mean_of_first(log_probs, 5),

@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import classify, distribute, errors, evaluate, models, warm_start, weight_average
+from oneshot_tf import classify, distribute, errors, evaluate, models, provenance, warm_start, weight_average
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, few_shot, omniglot
 
@@ -471,6 +471,7 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
     if chief:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        logging.info("Training %s in %s with oneshot_tf at commit %s", config.model, workdir, provenance.code_commit())
     keras.utils.set_random_seed(config.seed)
     splits = omniglot.load_configured_splits(config.data, data_dir, config.seed)
     total_steps = config.train.steps

@@ -66,6 +66,7 @@ def _trained_workdir(
         "trained_steps": trained_steps,
         "checkpoint": "best",
         "precision": "float32",
+        "code_commit": "abc1234+changes",
         "episodes": 10,
         "num_samples": 5,
         "per_shot": [{"log_prob": mean_t1_to_5} for _ in range(10)],
@@ -97,6 +98,7 @@ class ShipTest(absltest.TestCase):
         self.assertIn("weights stored as float16", provenance)
         self.assertIn("Wall time: 5 min", provenance)
         self.assertIn("mean of t = 1..5: -80.00", provenance)
+        self.assertIn("Code: commit abc1234+changes of oneshot_tf (the evaluation's)", provenance)
         self.assertFalse(list(self.root.glob(".*partial")))
 
     def test_a_warm_started_run_is_shipped_with_the_steps_it_started_from(self):

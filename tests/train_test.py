@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import classify, errors, main, models, plots, precision, train
+from oneshot_tf import classify, errors, main, models, plots, precision, provenance, train
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import omniglot
 from tests import helpers
@@ -34,6 +34,7 @@ class EndToEndTest(tf.test.TestCase):
         self.assertEqual(result["source"], "gmn28")
         self.assertEqual(result["checkpoint_step"], 2)
         self.assertEqual(result["trained_steps"], 2)  # Trained from scratch: nothing before step 0.
+        self.assertEqual(result["code_commit"], provenance.code_commit())
         self.assertEqual([row["t"] for row in result["per_shot"]], list(range(1, 11)))
         for row in result["per_shot"]:
             self.assertTrue(np.isfinite(row["log_prob"]) and row["log_prob"] < 0)

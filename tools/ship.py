@@ -14,7 +14,6 @@ replaced only when the new one's mean of t = 1..5 (eval.json) is higher, unless
 import json
 import pathlib
 import shutil
-import subprocess
 
 import tensorflow as tf
 from absl import app, flags
@@ -61,7 +60,7 @@ def main(argv):
     shutil.copy(grids[-1], staging / "samples.png")
     stored = tf.train.load_checkpoint(str(staging / "1" / "variables" / "variables")).get_variable_to_dtype_map()
     stored_dtypes = ", ".join(sorted({d.name for d in stored.values() if d.is_floating}))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = result.get("code_commit", "unknown (the evaluation predates recording it)")
     rows = " | ".join(f"{r['log_prob']:.2f}" for r in result["per_shot"])
     joint = result.get("joint_set")
     joint_line = (
@@ -81,7 +80,7 @@ def main(argv):
         f"# pretrained/{name}\n\n" + checkpoint_line + f"- Training command: `{_COMMAND.value}`\n"
         f"- Wall time: {_WALL_TIME.value}\n"
         f"- Machine: {precision.describe_cpu()}, no GPU\n"
-        f"- Code: commit {commit} of oneshot_tf\n"
+        f"- Code: commit {commit} of oneshot_tf (the evaluation's)\n"
         f"- Precision of the evaluation: {result['precision']}; weights stored as {stored_dtypes}\n"
         f"- Per-shot log p(x_t | x_<t), t = 1..10, {result['episodes']} test episodes, K = {result['num_samples']}: "
         f"{rows} nats; mean of t = 1..5: {result['mean_t1_to_5']['log_prob']:.2f}\n"
