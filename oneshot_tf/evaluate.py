@@ -151,12 +151,14 @@ def configured_log_probs(model, eval_config, images: np.ndarray, *, num_samples=
 def joint_set_summary(model, eval_config, sets: np.ndarray, *, num_samples=None) -> dict:
     """set_log_probs of `sets` [sets, n, 28, 28, 1] with the eval config's K (or
     `num_samples`), seed, batch and chunk sizes, summarised per drawing:
-    {"set_size": n, "log_prob_per_item", "stderr" (over sets), "seconds"}."""
+    {"set_size": n, "num_samples": K, "log_prob_per_item", "stderr" (over sets), "seconds"}."""
     start = time.time()
-    joint = set_log_probs(model, sets, **_configured_scoring(eval_config, num_samples))
+    scoring = _configured_scoring(eval_config, num_samples)
+    joint = set_log_probs(model, sets, **scoring)
     mean, stderr = _mean_and_stderr(joint / sets.shape[1])
     return {
         "set_size": sets.shape[1],
+        "num_samples": scoring["num_samples"],
         "log_prob_per_item": round(mean, 4),
         "stderr": round(stderr, 4),
         "seconds": round(time.time() - start, 1),
@@ -247,6 +249,10 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     workdir.load_data) skip restoring and loading again when the caller has them.
     """
     workdir = pathlib.Path(workdir)
+    if config.eval.joint_num_samples < 0:  # Found now, not after the per-shot table's hours.
+        raise errors.ConfigError(
+            f"eval.joint_num_samples must be >= 0 (0: num_samples), got {config.eval.joint_num_samples}"
+        )
     model, step, checkpoint, weights = restored or workdir_lib.restore_model(config, workdir)
     splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
     start = time.time()
@@ -276,7 +282,9 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     set_size = min(config.eval.joint_set_size, config.eval.set_size)
     if set_size and model.joint_set_scoring:
         result["joint_set"] = {
-            **joint_set_summary(model, config.eval, test_episodes[:, :set_size]),
+            **joint_set_summary(
+                model, config.eval, test_episodes[:, :set_size], num_samples=config.eval.joint_num_samples or None
+            ),
             "estimator": "log (1/K) sum_k p(X, latents_k) / q(latents_k | X), over the first items of each episode",
         }
     if config.eval.all_test_images:
@@ -301,7 +309,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         }
     if config.eval.classification_queries and model.classification_rules:
         start = time.time()
-        errors = classify.evaluate_classification(
+        error_rates = classify.evaluate_classification(
             model,
             splits["test"],
             data_dir,
@@ -310,10 +318,10 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
             seed=config.eval.seed,
         )
         primary = f"lake_20way_1shot_{model.classification_rules[0]}_error"
-        if primary in errors:
-            errors["lake_20way_1shot_error"] = errors[primary]
+        if primary in error_rates:
+            error_rates["lake_20way_1shot_error"] = error_rates[primary]
         result["classification"] = {
-            **errors,
+            **error_rates,
             "num_samples": config.eval.classification_num_samples,
             "seconds": round(time.time() - start, 1),
         }
@@ -341,9 +349,10 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     if "joint_set" in result:
         joint = result["joint_set"]
         logging.info(
-            "joint log p of sets of %d, over %d: %.2f +- %.2f nats",
+            "joint log p of sets of %d, over %d, K=%d: %.2f +- %.2f nats",
             joint["set_size"],
             joint["set_size"],
+            joint["num_samples"],
             joint["log_prob_per_item"],
             joint["stderr"],
         )

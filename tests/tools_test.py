@@ -71,6 +71,7 @@ def _trained_workdir(
         "num_samples": 5,
         "per_shot": [{"log_prob": mean_t1_to_5} for _ in range(10)],
         "mean_t1_to_5": {"log_prob": mean_t1_to_5},
+        "joint_set": {"set_size": 5, "num_samples": 1000, "log_prob_per_item": -81.5, "stderr": 1.0},
     }
     (path / "eval.json").write_text(json.dumps(eval_result))
     return path
@@ -99,6 +100,7 @@ class ShipTest(absltest.TestCase):
         self.assertIn("Wall time: 5 min", provenance)
         self.assertIn("mean of t = 1..5: -80.00", provenance)
         self.assertIn("Code: commit abc1234+changes of oneshot_tf (the evaluation's)", provenance)
+        self.assertIn("importance-sampled over all the set's latents, K = 1000: -81.50 +- 1.00", provenance)
         self.assertFalse(list(self.root.glob(".*partial")))
 
     def test_a_warm_started_run_is_shipped_with_the_steps_it_started_from(self):
@@ -151,7 +153,7 @@ class ResultsTableTest(absltest.TestCase):
     def test_a_row_per_eval_json_best_mean_first_then_the_published_rows(self):
         root = pathlib.Path(self.create_tempdir().full_path)
         classification = {"random_5way_1shot_kl_error": 0.1, "random_5way_1shot_likelihood_error": 0.2}
-        joint = {"log_prob_per_item": -91.361, "stderr": 1.123}
+        joint = {"log_prob_per_item": -91.361, "stderr": 1.123, "num_samples": 1000}
         _shipped_folder(root, "statistician", -90.0, trained_steps=1350, classification=classification,
                         joint_set=joint)  # fmt: skip
         _shipped_folder(root, "gmn", -80.0, classification={"random_20way_1shot_likelihood_error": 0.065})
@@ -165,7 +167,7 @@ class ResultsTableTest(absltest.TestCase):
             "| -80.00 +- 1.25 |  |  | 93.5% (likelihood) | K = 5, 10 episodes; 40 queries a task |",
         )
         self.assertEqual(lines[3], "| `statistician` (`pretrained/statistician`) | 1,350 | -99.00 +- 1.50 | -98.00 +- 1.50 "
-                                   "| -95.00 +- 1.50 | -90.00 +- 1.25 | -91.36 +- 1.12 | 90.0% (kl) |  "
+                                   "| -95.00 +- 1.50 | -90.00 +- 1.25 | -91.36 +- 1.12 (K = 1000) | 90.0% (kl) |  "
                                    "| K = 5, 10 episodes; 40 queries a task |")  # fmt: skip
         self.assertIn(
             "| GMN, arXiv 1612.02192 v1 (items with replacement) |  | -90.9 | -82.8 | -74.2 | -80.6 |", lines[6]

@@ -111,22 +111,28 @@ class EndToEndTest(tf.test.TestCase):
         config = helpers.tiny_config("statistician")
         workdir = pathlib.Path(self.create_tempdir())
         main.run_modes("train", config, workdir, helpers.DATA_DIR)
+        config.eval.joint_num_samples = -1
+        with self.assertRaisesRegex(errors.ConfigError, "joint_num_samples must be >= 0"):
+            main.run_modes("eval", config, workdir, helpers.DATA_DIR)
+        self.assertFalse((workdir / "eval.json").exists())
+        config.eval.joint_num_samples = config.eval.num_samples + 3
         main.run_modes("eval", config, workdir, helpers.DATA_DIR)
         result = json.loads((workdir / "eval.json").read_text())
         self.assertIn("sampled from q(c | x_<t) jointly with z", result["estimator"])
         joint = result["joint_set"]
         self.assertEqual(joint["set_size"], 5)
+        self.assertEqual(joint["num_samples"], config.eval.num_samples + 3)
         self.assertTrue(np.isfinite(joint["log_prob_per_item"]) and joint["log_prob_per_item"] < 0)
         self.assertGreater(joint["stderr"], 0)
-        errors = result["classification"]
+        error_rates = result["classification"]
         for key in (
             "lake_20way_1shot_error",
             "lake_20way_1shot_kl_error",
             "random_5way_1shot_likelihood_error",
             "mnist_10way_1shot_kl_error",
         ):
-            self.assertBetween(errors[key], 0.0, 1.0)
-        self.assertNotIn("skipped", errors)
+            self.assertBetween(error_rates[key], 0.0, 1.0)
+        self.assertNotIn("skipped", error_rates)
 
     def test_missing_optional_data_skips_only_its_tasks(self):
         # A data folder with Omniglot but neither MNIST nor Lake's runs: --mode=all
@@ -140,12 +146,12 @@ class EndToEndTest(tf.test.TestCase):
             main.run_modes("all", config, workdir, data)
         result = json.loads((workdir / "eval.json").read_text())
         self.assertLen(result["per_shot"], 10)
-        errors = result["classification"]
-        self.assertBetween(errors["random_5way_1shot_kl_error"], 0.0, 1.0)
-        self.assertNotIn("lake_20way_1shot_error", errors)
-        self.assertEqual(sorted(errors["skipped"]), ["lake_20way_1shot", "mnist_10way_1shot", "mnist_10way_5shot"])
-        self.assertIn("all_runs.zip not found", errors["skipped"]["lake_20way_1shot"])
-        self.assertIn("binarized_mnist_test.npz not found", errors["skipped"]["mnist_10way_5shot"])
+        error_rates = result["classification"]
+        self.assertBetween(error_rates["random_5way_1shot_kl_error"], 0.0, 1.0)
+        self.assertNotIn("lake_20way_1shot_error", error_rates)
+        self.assertEqual(sorted(error_rates["skipped"]), ["lake_20way_1shot", "mnist_10way_1shot", "mnist_10way_5shot"])
+        self.assertIn("all_runs.zip not found", error_rates["skipped"]["lake_20way_1shot"])
+        self.assertIn("binarized_mnist_test.npz not found", error_rates["skipped"]["mnist_10way_5shot"])
         warnings = "\n".join(logs.output)
         self.assertIn("Skipping the MNIST transfer tasks", warnings)
         self.assertIn("Skipping Lake's 20 one-shot runs", warnings)

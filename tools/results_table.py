@@ -64,13 +64,21 @@ def shipped_row(folder: pathlib.Path) -> tuple[float, str]:
         f"{steps:,}",
         *(_estimate(per_shot[t]) for t in (1, 2, 5)),
         _estimate(result["mean_t1_to_5"]),
-        f"{result['joint_set']['log_prob_per_item']:.2f} +- {result['joint_set']['stderr']:.2f}"
-        if "joint_set" in result
-        else "",
+        _joint(result),
         *(_accuracy(classification, task) for task in TASKS),
         protocol,
     ]
     return result["mean_t1_to_5"]["log_prob"], "| " + " | ".join(cells) + " |"
+
+
+def _joint(result: dict) -> str:
+    """The joint-set cell, naming its K when it is not the per-shot table's."""
+    joint = result.get("joint_set")
+    if not joint:
+        return ""
+    cell = f"{joint['log_prob_per_item']:.2f} +- {joint['stderr']:.2f}"
+    num_samples = joint.get("num_samples", result["num_samples"])
+    return cell + (f" (K = {num_samples})" if num_samples != result["num_samples"] else "")
 
 
 def _published(value: float) -> str:

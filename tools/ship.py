@@ -65,7 +65,7 @@ def main(argv):
     joint = result.get("joint_set")
     joint_line = (
         f"- Joint log p of sets of {joint['set_size']} (the episodes' first drawings), importance-sampled over all "
-        f"the set's latents, K = {result['num_samples']}: {joint['log_prob_per_item']:.2f} +- {joint['stderr']:.2f} "
+        f"the set's latents, K = {joint.get('num_samples', result['num_samples'])}: {joint['log_prob_per_item']:.2f} +- {joint['stderr']:.2f} "
         "nats per drawing\n"
         if joint
         else ""
