@@ -18,5 +18,9 @@ class CheckpointError(UserError, FileNotFoundError):
     """A workdir has no checkpoint to restore."""
 
 
+class WorkdirBusyError(UserError, RuntimeError):
+    """Another run is training in the workdir a training run was given."""
+
+
 class ClusterError(UserError, RuntimeError):
     """A multi-worker run lost a worker (or never saw all of them)."""

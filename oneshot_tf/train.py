@@ -462,6 +462,8 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
       data_dir: folder with an Omniglot source.
       strategy: a tf.distribute strategy; default: the current one.
 
+    Only one run trains in a workdir at a time (its chief holds workdir.training_lock).
+
     Returns:
       The step reached.
     """
@@ -470,6 +472,12 @@ def train_and_evaluate(config, workdir, data_dir, strategy: tf.distribute.Strate
     workdir = pathlib.Path(workdir)
     if chief:
         workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lib.training_lock(workdir) if chief else contextlib.nullcontext():
+        return _train_and_evaluate(config, workdir, data_dir, strategy, chief)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, data_dir, strategy, chief: bool) -> int:
+    if chief:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
         logging.info("Training %s in %s with oneshot_tf at commit %s", config.model, workdir, provenance.code_commit())
     keras.utils.set_random_seed(config.seed)

@@ -11,11 +11,15 @@ Layout:
   config.json                 the config of the latest run
   warm_start.json             what a run of train.init_from started from: the export read
                               and the steps that model had been trained for (null: unknown)
+  .training.lock              held by the run training here (training_lock); names its process
 """
 
 import collections
+import contextlib
 import json
+import os
 import pathlib
+import socket
 
 import tensorflow as tf
 from absl import logging
@@ -25,11 +29,46 @@ from oneshot_tf import errors, models, weight_average
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
 WARM_START = "warm_start.json"
+TRAINING_LOCK = ".training.lock"
 CHECKPOINT_CHOICES = ("best", "latest")
 
 # What restore_model returns; `checkpoint` is the kind restored, "best" or "latest";
 # `weights` "average" (the weight average, train.ema_decay) or "trained".
 Restored = collections.namedtuple("Restored", ["model", "step", "checkpoint", "weights"])
+
+
+@contextlib.contextmanager
+def training_lock(workdir: pathlib.Path):
+    """Holds `workdir`/.training.lock exclusively while a run trains in `workdir`.
+
+    A second training run on the same workdir (say, one started again while the first
+    still shuts down after a signal) raises WorkdirBusyError, naming the first's process,
+    instead of interleaving its checkpoints with the first's. The lock is the operating
+    system's (flock), so it ends with its process however that ends; where there is no
+    flock (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(workdir / TRAINING_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise errors.WorkdirBusyError(
+                f"{holder} is training in {workdir}: wait for it to exit (a run stopped by a signal saves a "
+                "checkpoint first) and run again to resume, or give another --workdir"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def make_checkpoint(model, **others) -> tf.train.Checkpoint:

@@ -560,6 +560,13 @@ class CommandLineTest(tf.test.TestCase):
             lines.append(line)
             if "step 10/" in line or time.time() > deadline:
                 break
+        # A second run on the busy workdir stops at once, naming the first, and changes nothing there.
+        second = helpers.run_main(*common, "--config.train.steps=20")
+        busy = second.communicate(timeout=240)[0]
+        self.assertEqual(second.returncode, 1, busy)
+        self.assertIn(f"error: process {process.pid} on ", busy)
+        self.assertIn(f"is training in {workdir}: wait for it to exit", busy)
+        self.assertEqual(json.loads(pathlib.Path(workdir, "config.json").read_text())["train"]["steps"], 1000000)
         process.send_signal(signal.SIGTERM)
         output = "".join(lines) + process.communicate(timeout=120)[0]
         self.assertEqual(process.returncode, 128 + signal.SIGTERM, output)
