@@ -506,9 +506,16 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data_dir, strategy, chief
     elif config.train.init_from:
         folder = warm_start.initialise(model, config.train.init_from, config.model_kwargs.to_dict())
         if chief:
-            workdir_lib.write_json(
-                workdir / workdir_lib.WARM_START, {"init_from": str(folder), "steps": warm_start.trained_steps(folder)}
-            )
+            steps_before = warm_start.trained_steps(folder)
+            workdir_lib.write_json(workdir / workdir_lib.WARM_START, {"init_from": str(folder), "steps": steps_before})
+            if steps_before is None:
+                logging.warning(
+                    "The steps %s was trained for are unknown (no eval.json beside its version folders): eval.json "
+                    'will count this run\'s steps alone unless %s gets them ("steps"); warm-start from a shipped '
+                    "model's whole folder to keep them",
+                    folder,
+                    workdir / workdir_lib.WARM_START,
+                )
         if trainer.average:
             trainer.average.restart()
         logging.info("Starting from the weights of %s (train.init_from)", folder)

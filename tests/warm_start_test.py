@@ -75,6 +75,16 @@ class WarmStartTest(tf.test.TestCase):
         (folder.parent / "eval.json").write_text(json.dumps({"checkpoint_step": 7, "trained_steps": 40}))
         self.assertEqual(warm_start.trained_steps(folder), 40)
 
+    def test_a_run_from_an_export_of_unknown_steps_says_so_and_counts_its_own(self):
+        config = self.config.copy_and_resolve_references()
+        config.train.init_from = str(self._export())  # No eval.json beside it.
+        config.train.steps = 2
+        workdir = self.create_tempdir().full_path
+        with self.assertLogs(level="WARNING") as logs:
+            train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        self.assertIn("was trained for are unknown (no eval.json beside its version folders)", "\n".join(logs.output))
+        self.assertEqual(workdir_lib.steps_before(workdir), 0)
+
     def test_a_new_run_starts_from_the_export_and_a_resumed_one_ignores_it(self):
         config = self.config.copy_and_resolve_references()
         folder = self._export()
