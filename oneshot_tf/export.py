@@ -14,6 +14,11 @@ precision (half the size on disk; the signatures compute in the model's own
 precision from the rounded weights). A variable with a value beyond the half type's
 range (float16 ends at 65504: batch norms' moving variances can pass it) is stored
 as it is, not as infinities.
+
+`export()` also writes `<version>/assets.extra/training.json` (TRAINING_RECORD: the
+model, its model_kwargs, the checkpoint and its step, the steps trained in all, the
+weights and the code commit), so that a version folder copied on its own still says
+what it holds. TF Serving and the SavedModel loaders leave assets.extra/ alone.
 """
 
 import contextlib
@@ -24,7 +29,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import errors
+from oneshot_tf import errors, provenance
 from oneshot_tf import workdir as workdir_lib
 
 # Shapes are checked inside the graph rather than declared, so every loader (Python,
@@ -41,6 +46,8 @@ MAX_SHOTS = 100
 MAX_NUM_SAMPLES = 100_000
 MAX_WEIGHTS_PER_PASS = 2048
 WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
+# Inside a version folder; assets.extra/ is SavedModel's folder for files no graph reads.
+TRAINING_RECORD = pathlib.Path("assets.extra") / "training.json"
 
 
 def _require(condition: tf.Tensor, tensor: tf.Tensor, message: str) -> tf.Tensor:
@@ -180,10 +187,13 @@ def _stored(variable: tf.Variable, dtype: tf.DType) -> tf.Variable:
     return tf.Variable(tf.cast(variable, dtype), trainable=False, name=variable.name.split(":")[0])
 
 
-def export_model(model, export_root, model_name: str, weights_dtype: str = "float32") -> pathlib.Path:
+def export_model(
+    model, export_root, model_name: str, weights_dtype: str = "float32", training: dict | None = None
+) -> pathlib.Path:
     """Saves `model` as export_root/<model_name>/<next version>/ and returns that path.
 
     `weights_dtype`: of the stored floating-point weights (WEIGHTS_DTYPES).
+    `training`: written (with `weights_dtype`) as the version's TRAINING_RECORD, if given.
     """
     check_weights_dtype(weights_dtype)
     model_dir = pathlib.Path(export_root) / model_name
@@ -221,6 +231,9 @@ def export_model(model, export_root, model_name: str, weights_dtype: str = "floa
         tf.saved_model.save(root, str(partial), signatures=signatures)
     finally:
         logging.set_verbosity(verbosity)
+    if training is not None:
+        (partial / TRAINING_RECORD).parent.mkdir()
+        workdir_lib.write_json(partial / TRAINING_RECORD, {**training, "weights_dtype": weights_dtype})
     final = model_dir / str(version)
     partial.rename(final)
     logging.info("Exported %s", final)
@@ -232,5 +245,14 @@ def export(config, workdir, *, restored=None) -> pathlib.Path:
 
     `restored`: from workdir.restore_model, if the caller has it.
     """
-    model = (restored or workdir_lib.restore_model(config, workdir)).model
-    return export_model(model, pathlib.Path(workdir) / "export", config.model, config.export.weights_dtype)
+    model, step, checkpoint, weights = restored or workdir_lib.restore_model(config, workdir)
+    training = {
+        "model": config.model,
+        "model_kwargs": config.model_kwargs.to_dict(),
+        "checkpoint": checkpoint,
+        "checkpoint_step": step,
+        "trained_steps": step + workdir_lib.steps_before(workdir),
+        "weights": weights,
+        "code_commit": provenance.code_commit(),
+    }
+    return export_model(model, pathlib.Path(workdir) / "export", config.model, config.export.weights_dtype, training)

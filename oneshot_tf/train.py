@@ -510,7 +510,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, data_dir, strategy, chief
             workdir_lib.write_json(workdir / workdir_lib.WARM_START, {"init_from": str(folder), "steps": steps_before})
             if steps_before is None:
                 logging.warning(
-                    "The steps %s was trained for are unknown (no eval.json beside its version folders): eval.json "
+                    "The steps %s was trained for are unknown (no assets.extra/training.json in it, an export "
+                    "older than that record, and no eval.json beside its version folders): eval.json "
                     'will count this run\'s steps alone unless %s gets them ("steps"); warm-start from a shipped '
                     "model's whole folder to keep them",
                     folder,

@@ -22,7 +22,7 @@ import pathlib
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import errors, pretrained
+from oneshot_tf import errors, export, pretrained
 
 
 def saved_model_dir(path) -> pathlib.Path:
@@ -48,10 +48,20 @@ def exported_weights(path) -> list:
     return list(loaded.model_variables)
 
 
+def _training_record(folder) -> dict:
+    """What the export in `folder` (a version folder) records of its training
+    (export.TRAINING_RECORD); {} for an export that predates the record."""
+    path = pathlib.Path(folder) / export.TRAINING_RECORD
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def trained_steps(folder) -> int | None:
-    """Steps the model exported in `folder` (a version folder) was trained for in all,
-    from the eval.json a shipped model keeps beside its versions (its `trained_steps`,
-    else `checkpoint_step`); None when there is none."""
+    """Steps the model exported in `folder` (a version folder) was trained for in all:
+    from the export's own record, else from the eval.json a shipped model keeps beside
+    its versions (its `trained_steps`, else `checkpoint_step`); None when neither says."""
+    record = _training_record(folder)
+    if "trained_steps" in record:
+        return record["trained_steps"]
     evaluation = pathlib.Path(folder).parent / "eval.json"
     if not evaluation.exists():
         return None
@@ -60,10 +70,12 @@ def trained_steps(folder) -> int | None:
 
 
 def _differing_kwargs(folder, model_kwargs) -> str:
-    """The model_kwargs that the config.json beside a shipped model's versions sets
-    otherwise than `model_kwargs`, as "; <that file> has a=1 (here 2), ..."; "" if none
-    or not known."""
-    path = pathlib.Path(folder).parent / "config.json"
+    """The model_kwargs that the export in `folder` was trained with (its record, else the
+    config.json beside a shipped model's versions) sets otherwise than `model_kwargs`, as
+    "; <that file> has a=1 (here 2), ..."; "" if none or not known."""
+    path = pathlib.Path(folder) / export.TRAINING_RECORD
+    if not path.exists():
+        path = pathlib.Path(folder).parent / "config.json"
     if model_kwargs is None or not path.exists():
         return ""
     trained = json.loads(path.read_text()).get("model_kwargs", {})

@@ -89,6 +89,14 @@ class ExportTest(tf.test.TestCase):
         self.assertTrue((self.path / "variables" / "variables.index").exists())
         self.assertCountEqual(self.loaded.signatures.keys(), ["sample", "serving_default", "log_prob"])
 
+    def test_the_version_folder_records_its_training(self):
+        record = json.loads((self.path / export.TRAINING_RECORD).read_text())
+        self.assertEqual(record["model"], "iwae")
+        self.assertEqual(record["model_kwargs"], json.loads(json.dumps(self.config.model_kwargs.to_dict())))
+        self.assertEqual((record["checkpoint_step"], record["trained_steps"]), (20, 20))
+        self.assertEqual(record["weights_dtype"], "float32")
+        self.assertIn("code_commit", record)
+
     def test_half_precision_weights_halve_the_variables_and_barely_change_the_outputs(self):
         half = export.export_model(self.model, self.create_tempdir().full_path, "iwae", "float16")
         size = lambda path: sum(f.stat().st_size for f in (path / "variables").iterdir())  # noqa: E731

@@ -75,6 +75,20 @@ class WarmStartTest(tf.test.TestCase):
         (folder.parent / "eval.json").write_text(json.dumps({"checkpoint_step": 7, "trained_steps": 40}))
         self.assertEqual(warm_start.trained_steps(folder), 40)
 
+    def test_a_version_folder_on_its_own_knows_its_steps_and_model_kwargs(self):
+        trained = self.config.copy_and_resolve_references()
+        trained.model_kwargs.context_size += 1
+        training = {"trained_steps": 40, "model_kwargs": trained.model_kwargs.to_dict()}
+        folder = export.export_model(_built(trained), self.root, "statistician", "float32", training)
+        (folder.parent / "eval.json").write_text(json.dumps({"trained_steps": 7}))  # The record comes first.
+        alone = pathlib.Path(self.create_tempdir().full_path) / "copied"
+        folder.rename(alone)
+        self.assertEqual(warm_start.trained_steps(alone), 40)
+        with self.assertRaisesRegex(
+            errors.ConfigError, rf"training.json has context_size={trained.model_kwargs.context_size} \(here"
+        ):
+            warm_start.initialise(_built(self.config), alone, self.config.model_kwargs.to_dict())
+
     def test_a_run_from_an_export_of_unknown_steps_says_so_and_counts_its_own(self):
         config = self.config.copy_and_resolve_references()
         config.train.init_from = str(self._export())  # No eval.json beside it.
@@ -82,7 +96,7 @@ class WarmStartTest(tf.test.TestCase):
         workdir = self.create_tempdir().full_path
         with self.assertLogs(level="WARNING") as logs:
             train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
-        self.assertIn("was trained for are unknown (no eval.json beside its version folders)", "\n".join(logs.output))
+        self.assertIn("was trained for are unknown (no assets.extra/training.json in it", "\n".join(logs.output))
         self.assertEqual(workdir_lib.steps_before(workdir), 0)
 
     def test_a_new_run_starts_from_the_export_and_a_resumed_one_ignores_it(self):
