@@ -96,9 +96,9 @@ def _fits(variable, weight, widened: bool) -> bool:
 def _started(variable, weight) -> tf.Tensor:
     """`weight` cast to `variable`'s dtype, zero rows appended up to its rows."""
     weight = tf.cast(weight, variable.dtype)
-    missing = variable.shape[0] - weight.shape[0]
-    if missing == 0:
+    if weight.shape == variable.shape:  # Scalars too, which have no rows.
         return weight
+    missing = variable.shape[0] - weight.shape[0]
     return tf.concat([weight, tf.zeros([missing, *weight.shape[1:]], variable.dtype)], axis=0)
 
 

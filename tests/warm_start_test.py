@@ -5,6 +5,7 @@ import pathlib
 
 import numpy as np
 import tensorflow as tf
+from absl.testing import parameterized
 
 from oneshot_tf import errors, export, models, train, warm_start
 from oneshot_tf import workdir as workdir_lib
@@ -120,6 +121,20 @@ class WarmStartTest(tf.test.TestCase):
         config.train.init_from = str(self.root / "nothing")  # Resuming never reads it.
         config.train.steps = 3
         self.assertEqual(train.train_and_evaluate(config, workdir, helpers.DATA_DIR), 3)
+
+
+class EveryModelTest(parameterized.TestCase, tf.test.TestCase):
+    @parameterized.named_parameters(*[(name, name) for name in sorted(models.MODELS)])
+    def test_an_export_starts_the_same_model_with_its_weights(self, name):
+        config = helpers.tiny_config(name)
+        tf.random.set_seed(4)
+        source = _built(config)
+        folder = export.export_model(source, self.create_tempdir().full_path, name, "float32")
+        tf.random.set_seed(5)
+        target = _built(config)
+        warm_start.initialise(target, folder)
+        for got, want in zip(_values(target), _values(source)):
+            self.assertAllEqual(got, want)
 
 
 class AttentionFromMeanTest(tf.test.TestCase):
