@@ -9,7 +9,7 @@ import sys
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import classify, main, precision, train
+from oneshot_tf import classify, export, main, models, precision, train
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, few_shot, omniglot
 from tests import helpers
@@ -276,3 +276,34 @@ class CheckExportTest(absltest.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class SeqgenWindowsTest(tf.test.TestCase):
+    def test_reports_the_windows_and_the_bounds_terms_of_an_export(self):
+        config = helpers.tiny_config("seqgen")
+        model = models.build_model("seqgen", **config.model_kwargs.to_dict())
+        model.write_params.dense.bias.assign([0.5, -0.5, 0.2, -0.2])  # The kernel is zero: fixed windows.
+        root = self.create_tempdir().full_path
+        export.export_model(model, root, "seqgen")
+        done = _run_tool(
+            "seqgen_windows.py", "--config=configs/seqgen.py:tiny", "--config.data.source=gmn28",
+            f"--export={root}/seqgen", f"--data_dir={helpers.DATA_DIR}", "--episodes=3", "--blocks=2",
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        report = json.loads(done.stdout[done.stdout.index("{") :])
+        scales = [0.1 + 1 / (1 + math.exp(-1.5)), 0.1 + 1 / (1 + math.exp(-0.5))]
+        self.assertAlmostEqual(report["write_scale"]["mean"], sum(scales) / 2, places=3)
+        self.assertAlmostEqual(report["write_scale"]["min"], min(scales), places=3)
+        self.assertAlmostEqual(report["write_scale"]["max"], max(scales), places=3)
+        self.assertAlmostEqual(report["write_shift_std"], math.tanh(0.2), places=3)
+        self.assertEqual([row["t"] for row in report["per_shot"]], list(range(1, config.data.set_size + 1)))
+        # The KL recorded step by step adds up to the KL the model returns for the bound.
+        mean_kl = sum(row["kl"] for row in report["per_shot"]) / config.data.set_size
+        self.assertLen(report["kl_by_step_block"], 2)
+        self.assertAlmostEqual(sum(report["kl_by_step_block"]), mean_kl, delta=0.02 + 1e-3 * mean_kl)
+        self.assertTrue(all(row["log_p_x_given_z"] < 0 for row in report["per_shot"]))
+
+    def test_another_models_config_is_a_usage_error(self):
+        done = _run_tool("seqgen_windows.py", "--config=configs/gmn.py:tiny", "--export=/nonexistent")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("is a gmn config", done.stderr)

@@ -1,0 +1,108 @@
+"""Where a trained sequential model (seqgen) writes, and how much its latents carry.
+
+  python tools/seqgen_windows.py --config=configs/seqgen.py --export=pretrained/seqgen
+  python tools/seqgen_windows.py --config=configs/seqgen.py --workdir=runs/seqgen [--checkpoint=best]
+
+Runs the model over test episodes (eagerly, one importance sample) and prints JSON: for
+each shot t = 1..set_size, the bound's two terms, E_q log p(x_t | z, x_<t) and
+KL(q || p) summed over the canvas steps; the KL by blocks of canvas steps; and the
+write windows (scales s_x, s_y: the fraction of the canvas's width a patch covers, and
+the spread of their shifts). A model whose windows stay near the whole canvas draws
+with patches upsampled by canvas / (scale * patch side) and cannot place thin strokes.
+"""
+
+import contextlib
+import json
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from absl import app, flags
+from ml_collections import config_flags
+
+from oneshot_tf import models, warm_start
+from oneshot_tf import workdir as workdir_lib
+from oneshot_tf.data import episodes, omniglot
+from oneshot_tf.models import layers
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/seqgen.py", "The model's config.")
+_EXPORT = flags.DEFINE_string("export", None, "An export (model base path or version folder) to read weights from.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Or a training workdir to restore.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of --workdir.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Data directory.")
+_EPISODES = flags.DEFINE_integer("episodes", 40, "Test episodes.")
+_BLOCKS = flags.DEFINE_integer("blocks", 8, "Blocks of canvas steps to sum the KL over.")
+_SEED = flags.DEFINE_integer("seed", 0, "Episodes' and samples' seed.")
+
+
+@contextlib.contextmanager
+def _recorded(layer, outputs: list):
+    """Appends every output of `layer` (called eagerly) to `outputs` while active."""
+    call = layer.call
+
+    def recording_call(*args, **kwargs):
+        outputs.append(call(*args, **kwargs))
+        return outputs[-1]
+
+    layer.call = recording_call
+    try:
+        yield
+    finally:
+        del layer.call
+
+
+def _model(config):
+    if bool(_EXPORT.value) == bool(_WORKDIR.value):
+        raise app.UsageError("give one of --export and --workdir")
+    if _WORKDIR.value:
+        return workdir_lib.restore_model(config, _WORKDIR.value, _CHECKPOINT.value).model
+    model = models.build_model(config.model, **config.model_kwargs.to_dict())
+    warm_start.initialise(model, _EXPORT.value, config.model_kwargs.to_dict())
+    return model
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if config.model != "seqgen":
+        raise app.UsageError(f"--config is a {config.model} config; this tool reads seqgen's windows")
+    model = _model(config)
+    splits = omniglot.load_configured_splits(config.data, _DATA_DIR.value, config.seed)
+    test = episodes.fixed_episodes(
+        splits["test"], num_episodes=_EPISODES.value, set_size=config.data.set_size, seed=_SEED.value
+    )["images"]
+    test = tf.constant(test)
+    set_size = test.shape[1]
+    targets, rows, slot_of, mask = model._sequences(test, test, layers.causal_mask(set_size), 1)
+    windows, posteriors = [], []
+    with _recorded(model.write_params, windows), _recorded(model.posterior, posteriors):
+        logits, negative_kl = model._run(targets, rows, slot_of, mask, tf.constant([_SEED.value, 1]), True)
+    likelihood = tfp.distributions.Independent(tfp.distributions.Bernoulli(logits=logits), 2).log_prob(targets)
+    by_shot = lambda v: np.asarray(v).reshape(-1, set_size).mean(0)  # noqa: E731  [episodes * set] -> [set]
+    prior = layers.standard_normal(model.latent_size)
+    kl_by_step = np.stack([tfp.distributions.kl_divergence(q, prior).numpy().mean() for q in posteriors])
+    windows = np.stack([w.numpy() for w in windows])  # [steps, sequences, 4]
+    blocks = np.array_split(kl_by_step, min(_BLOCKS.value, len(kl_by_step)))
+    print(
+        json.dumps(
+            {
+                "episodes": _EPISODES.value,
+                "per_shot": [
+                    {"t": t + 1, "log_p_x_given_z": round(float(r), 2), "kl": round(float(k), 2)}
+                    for t, (r, k) in enumerate(zip(by_shot(likelihood), -by_shot(negative_kl)))
+                ],
+                "kl_by_step_block": [round(float(b.sum()), 2) for b in blocks],
+                "write_scale": {
+                    "mean": round(float(windows[..., :2].mean()), 3),
+                    "min": round(float(windows[..., :2].min()), 3),
+                    "max": round(float(windows[..., :2].max()), 3),
+                },
+                "write_shift_std": round(float(windows[..., 2:].std()), 3),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
