@@ -1,6 +1,7 @@
 """End-to-end: train, resume, evaluate, sample, export on the tiny configs."""
 
 import json
+import os
 import pathlib
 import signal
 import time
@@ -606,3 +607,19 @@ class CommandLineTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class TrainingLockTest(absltest.TestCase):
+    def test_one_holder_at_a_time_and_free_as_soon_as_its_run_ends(self):
+        workdir = pathlib.Path(self.create_tempdir().full_path)
+        with workdir_lib.training_lock(workdir):
+            with self.assertRaisesRegex(errors.WorkdirBusyError, rf"process {os.getpid()} on .* is training in"):
+                with workdir_lib.training_lock(workdir):
+                    pass
+        # A run that ends by an exception (as a signal's Interrupted does) frees the workdir
+        # at once, while its process lives on.
+        with self.assertRaises(train.Interrupted):
+            with workdir_lib.training_lock(workdir):
+                raise train.Interrupted(10, signal.SIGTERM)
+        with workdir_lib.training_lock(workdir):
+            pass
