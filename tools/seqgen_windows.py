@@ -61,6 +61,11 @@ def _model(config):
     return model
 
 
+def _by_shot(values, set_size: int) -> np.ndarray:
+    """[episodes * set_size] per-sequence values -> [set_size] means over episodes."""
+    return np.asarray(values).reshape(-1, set_size).mean(0)
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -76,9 +81,8 @@ def main(argv):
     targets, rows, slot_of, mask = model._sequences(test, test, layers.causal_mask(set_size), 1)
     windows, posteriors = [], []
     with _recorded(model.write_params, windows), _recorded(model.posterior, posteriors):
-        logits, negative_kl = model._run(targets, rows, slot_of, mask, tf.constant([_SEED.value, 1]), True)
+        logits, negative_kl = model._run(targets, rows, slot_of, mask, tf.constant([_SEED.value, 1]), training_kl=True)
     likelihood = tfp.distributions.Independent(tfp.distributions.Bernoulli(logits=logits), 2).log_prob(targets)
-    by_shot = lambda v: np.asarray(v).reshape(-1, set_size).mean(0)  # noqa: E731  [episodes * set] -> [set]
     prior = layers.standard_normal(model.latent_size)
     kl_by_step = np.stack([tfp.distributions.kl_divergence(q, prior).numpy().mean() for q in posteriors])
     windows = np.stack([w.numpy() for w in windows])  # [steps, sequences, 4]
@@ -89,7 +93,7 @@ def main(argv):
                 "episodes": _EPISODES.value,
                 "per_shot": [
                     {"t": t + 1, "log_p_x_given_z": round(float(r), 2), "kl": round(float(k), 2)}
-                    for t, (r, k) in enumerate(zip(by_shot(likelihood), -by_shot(negative_kl)))
+                    for t, (r, k) in enumerate(zip(_by_shot(likelihood, set_size), -_by_shot(negative_kl, set_size)))
                 ],
                 "kl_by_step_block": [round(float(b.sum()), 2) for b in blocks],
                 "write_scale": {
