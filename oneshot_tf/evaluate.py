@@ -253,7 +253,8 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         raise errors.ConfigError(
             f"eval.joint_num_samples must be >= 0 (0: num_samples), got {config.eval.joint_num_samples}"
         )
-    model, step, checkpoint, weights = restored or workdir_lib.restore_model(config, workdir)
+    restored = restored or workdir_lib.restore_model(config, workdir)
+    model = restored.model
     splits = splits or omniglot.load_configured_splits(config.data, data_dir, config.seed)
     start = time.time()
     test_episodes = protocol_episodes(config.eval, splits["test"])
@@ -268,10 +269,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
         "set_size": config.eval.set_size,
         "num_samples": config.eval.num_samples,
         "seed": config.eval.seed,
-        "checkpoint": checkpoint,
-        "checkpoint_step": step,
-        "trained_steps": step + workdir_lib.steps_before(workdir),
-        "weights": weights,
+        **workdir_lib.restored_record(restored, workdir),
         "precision": keras.mixed_precision.global_policy().name,
         "code_commit": provenance.code_commit(),
         "estimator": estimator_note(model),
@@ -330,7 +328,7 @@ def evaluate(config, workdir, data_dir, *, restored=None, splits=None) -> dict:
     figure = plots.per_shot_figure(result, output.with_name(output.stem.replace("eval", "per_shot") + ".png"))
     with tf.summary.create_file_writer(str(workdir / "tensorboard" / "eval")).as_default():
         png = tf.io.decode_png(figure.read_bytes(), channels=3)
-        tf.summary.image(f"per_shot_c{config.eval.c_test}", png[None], step=step)
+        tf.summary.image(f"per_shot_c{config.eval.c_test}", png[None], step=restored.step)
     for row in result["per_shot"]:
         logging.info(
             "t=%2d (%d shots): %.2f +- %.2f nats (%.4f bits/dim)",

@@ -245,14 +245,13 @@ def export(config, workdir, *, restored=None) -> pathlib.Path:
 
     `restored`: from workdir.restore_model, if the caller has it.
     """
-    model, step, checkpoint, weights = restored or workdir_lib.restore_model(config, workdir)
+    restored = restored or workdir_lib.restore_model(config, workdir)
     training = {
         "model": config.model,
         "model_kwargs": config.model_kwargs.to_dict(),
-        "checkpoint": checkpoint,
-        "checkpoint_step": step,
-        "trained_steps": step + workdir_lib.steps_before(workdir),
-        "weights": weights,
+        **workdir_lib.restored_record(restored, workdir),
         "code_commit": provenance.code_commit(),
     }
-    return export_model(model, pathlib.Path(workdir) / "export", config.model, config.export.weights_dtype, training)
+    return export_model(
+        restored.model, pathlib.Path(workdir) / "export", config.model, config.export.weights_dtype, training
+    )

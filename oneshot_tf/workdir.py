@@ -195,6 +195,18 @@ def steps_before(workdir) -> int:
     return json.loads(path.read_text()).get("steps") or 0
 
 
+def restored_record(restored: Restored, workdir) -> dict:
+    """What eval.json and an export record of the weights `restored` from `workdir`:
+    the checkpoint kind and step, the steps trained in all (steps_before counted) and
+    which weights (average or trained)."""
+    return {
+        "checkpoint": restored.checkpoint,
+        "checkpoint_step": restored.step,
+        "trained_steps": restored.step + steps_before(workdir),
+        "weights": restored.weights,
+    }
+
+
 def write_json(path, payload: dict):
     """Writes JSON atomically (a reader never sees half a file)."""
     path = pathlib.Path(path)

@@ -274,10 +274,6 @@ class CheckExportTest(absltest.TestCase):
         self.assertIn("run --mode=export", done.stdout + done.stderr)
 
 
-if __name__ == "__main__":
-    absltest.main()
-
-
 class SeqgenWindowsTest(tf.test.TestCase):
     def test_reports_the_windows_and_the_bounds_terms_of_an_export(self):
         config = helpers.tiny_config("seqgen")
@@ -307,3 +303,7 @@ class SeqgenWindowsTest(tf.test.TestCase):
         done = _run_tool("seqgen_windows.py", "--config=configs/gmn.py:tiny", "--export=/nonexistent")
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("is a gmn config", done.stderr)
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -605,10 +605,6 @@ class CommandLineTest(tf.test.TestCase):
             self.assertIn(expected, output)
 
 
-if __name__ == "__main__":
-    absltest.main()
-
-
 class TrainingLockTest(absltest.TestCase):
     def test_one_holder_at_a_time_and_free_as_soon_as_its_run_ends(self):
         workdir = pathlib.Path(self.create_tempdir().full_path)
@@ -623,3 +619,7 @@ class TrainingLockTest(absltest.TestCase):
                 raise train.Interrupted(10, signal.SIGTERM)
         with workdir_lib.training_lock(workdir):
             pass
+
+
+if __name__ == "__main__":
+    absltest.main()
