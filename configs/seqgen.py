@@ -18,6 +18,10 @@ def get_config(variant: str = "default"):
     config.model_kwargs.read_size = 12
     config.model_kwargs.write_size = 12
     config.model_kwargs.key_size = 64
+    # 1 and 0: the canvas is the logits, as in DRAW. More channels and filters: the
+    # paper's hidden canvas with a convolutional observation function f_o.
+    config.model_kwargs.canvas_channels = 1
+    config.model_kwargs.observation_filters = 0
     config.data.batch_size = 16
     config.data.set_size = 5
     config.data.num_classes = 1

@@ -6,10 +6,13 @@ step. With support slots x'_0 (a learned "nothing to copy" patch) and x'_1..x'_n
   v_s = sum_j w_j read(x'_j, A_s),  w = softmax_j(<q(h_{s-1}), k(read(x'_j, A_s))>)
   z_s ~ p(z) = N(0, I)
   h_s = LSTM_dec(h_{s-1}, [z_s, v_s]),  C_s = C_{s-1} + write(f_w(h_s), B_s)
-  p(x | z_1..S, x') = Bernoulli(logits = C_S),
+  p(x | z_1..S, x') = Bernoulli(logits = f_o(C_S)),
 where A_s, B_s are spatial-transformer parameters (scales and shifts) computed from
-h_{s-1} and h_s. Recognition, q(z_s | x, z_<s, x'): an encoder LSTM reads the
-target x and the error x - sigmoid(C_{s-1}) through a third transformer.
+h_{s-1} and h_s. The canvas C is the image's logits (f_o adds a bias), or with
+`canvas_channels` and `observation_filters` the paper's hidden canvas (§3.2.3): C
+channels written by the same windows, turned into logits by a small convolutional
+f_o. Recognition, q(z_s | x, z_<s, x'): an encoder LSTM reads the target x and the
+error x - sigmoid(f_o(C_{s-1})) through a third transformer.
 Bound: log p(x | x') >= E_q [log p(x | z, x') - sum_s KL(q(z_s | ...) || N(0, I))].
 With no support drawings only the learned slot is read: the unconditional model.
 
@@ -55,6 +58,8 @@ class SequentialGenerativeModel(base.FewShotModel):
         read_size: int = 12,
         write_size: int = 12,
         key_size: int = 64,
+        canvas_channels: int = 1,
+        observation_filters: int = 0,
         **kwargs,
     ):
         """Builds the networks.
@@ -65,21 +70,44 @@ class SequentialGenerativeModel(base.FewShotModel):
           latent_size: dims of each z_s.
           read_size, write_size: side of the read and write patches.
           key_size: size of the support-attention keys.
+          canvas_channels: channels of the canvas; above 1 needs observation_filters.
+          observation_filters: 0: the canvas (one channel) plus a bias is the logits;
+            above 0: f_o is a 3x3 convolution of that many filters (ELU) and a 1x1
+            convolution to the logits.
         """
         super().__init__(**kwargs)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if canvas_channels < 1 or observation_filters < 0:
+            raise ValueError(
+                f"canvas_channels must be >= 1 and observation_filters >= 0, got {canvas_channels} and "
+                f"{observation_filters}"
+            )
+        if canvas_channels > 1 and not observation_filters:
+            raise ValueError(
+                f"canvas_channels={canvas_channels} needs observation_filters > 0: without f_o a canvas of "
+                "several channels has no single logit per pixel"
+            )
         self.num_steps = num_steps
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.read_size = read_size
         self.write_size = write_size
+        self.canvas_channels = canvas_channels
         self.decoder_cell = keras.layers.LSTMCell(hidden_size)
         self.encoder_cell = keras.layers.LSTMCell(hidden_size)
         self.target_read = TransformerParams()
         self.support_read = TransformerParams()
         self.write_params = TransformerParams()
-        self.write_patch = keras.layers.Dense(write_size * write_size)
+        self.write_patch = keras.layers.Dense(canvas_channels * write_size * write_size)
+        self.observation = None
+        if observation_filters:
+            self.observation = keras.Sequential(
+                [
+                    keras.layers.Conv2D(observation_filters, 3, padding="same", activation="elu"),
+                    keras.layers.Conv2D(1, 1, use_bias=False),
+                ]
+            )
         self.query = keras.layers.Dense(key_size)
         self.key = keras.layers.Dense(key_size)
         self.posterior = layers.NormalHead(latent_size)
@@ -105,6 +133,13 @@ class SequentialGenerativeModel(base.FewShotModel):
         weights = tf.nn.softmax(tf.where(mask, scores, -1e9), axis=-1)
         return tf.einsum("nj,njk->nk", weights, patches)
 
+    def _logits(self, canvas: tf.Tensor) -> tf.Tensor:
+        """f_o: canvas [N, C, 28, 28] -> Bernoulli logits [N, 28, 28]."""
+        if self.observation is None:
+            return canvas[:, 0] + self.canvas_bias
+        rendered = self.observation(tf.transpose(canvas, [0, 2, 3, 1]))[..., 0]
+        return tf.cast(rendered, tf.float32) + self.canvas_bias
+
     def _run(self, targets, support, slot_of, mask, seed, training_kl: bool):
         """Runs N sequences. targets [N, 28, 28] or None (generation).
 
@@ -123,7 +158,7 @@ class SequentialGenerativeModel(base.FewShotModel):
             if targets is None:
                 z = prior.sample(num, seed=step_seeds[s])
             else:
-                error = targets - tf.sigmoid(canvas + self.canvas_bias)
+                error = targets - tf.sigmoid(self._logits(canvas))
                 params = self.target_read(hidden)
                 glimpse = spatial_transformer.read(tf.stack([targets, error], 1), params[:, None], self.read_size)
                 glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
@@ -136,9 +171,10 @@ class SequentialGenerativeModel(base.FewShotModel):
                     log_ratio += prior.log_prob(z) - posterior.log_prob(z)
             hidden, decoder_state = self.decoder_cell(tf.concat([z, read], -1), decoder_state)
             patch = tf.reshape(
-                tf.cast(self.write_patch(hidden), tf.float32), tf.stack([num, self.write_size, self.write_size])
+                tf.cast(self.write_patch(hidden), tf.float32),
+                tf.stack([num, self.canvas_channels, self.write_size, self.write_size]),
             )
-            canvas += spatial_transformer.write(patch, self.write_params(hidden), 28)
+            canvas += spatial_transformer.write(patch, self.write_params(hidden)[:, None], 28)
             return s + 1, list(decoder_state), list(encoder_state), canvas, log_ratio
 
         # A symbolic loop, not S unrolled copies: an 80-step graph took over ten
@@ -150,12 +186,12 @@ class SequentialGenerativeModel(base.FewShotModel):
                 tf.constant(0),
                 [zeros, zeros],
                 [zeros, zeros],
-                tf.zeros(tf.stack([num, 28, 28])),
+                tf.zeros(tf.stack([num, self.canvas_channels, 28, 28])),
                 tf.zeros(tf.stack([num])),
             ),
             maximum_iterations=self.num_steps,  # XLA needs the bound to compile the gradient.
         )
-        return canvas + self.canvas_bias, log_ratio
+        return self._logits(canvas), log_ratio
 
     def _sequences(self, support, queries, mask, num_samples):
         """Flattens K x B x Q sequences. support [B, S], queries [B, Q], mask [Q, S + 1].
