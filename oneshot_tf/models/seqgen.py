@@ -60,6 +60,7 @@ class SequentialGenerativeModel(base.FewShotModel):
         key_size: int = 64,
         canvas_channels: int = 1,
         observation_filters: int = 0,
+        detach_read_windows: bool = False,
         **kwargs,
     ):
         """Builds the networks.
@@ -74,6 +75,11 @@ class SequentialGenerativeModel(base.FewShotModel):
           observation_filters: 0: the canvas (one channel) plus a bias is the logits;
             above 0: f_o is a 3x3 convolution of that many filters (ELU) and a 1x1
             convolution to the logits.
+          detach_read_windows: where the two reads look is computed from the decoder
+            state with its gradient stopped: the windows' layers still learn, but the
+            loop state -> window -> read -> next state carries no gradient. The forward
+            pass is the same. Through that loop, gradient norms grew to 1e7-1e10 on
+            some batches of a trained model.
         """
         super().__init__(**kwargs)
         if num_steps < 1:
@@ -94,6 +100,7 @@ class SequentialGenerativeModel(base.FewShotModel):
         self.read_size = read_size
         self.write_size = write_size
         self.canvas_channels = canvas_channels
+        self.detach_read_windows = detach_read_windows
         self.decoder_cell = keras.layers.LSTMCell(hidden_size)
         self.encoder_cell = keras.layers.LSTMCell(hidden_size)
         self.target_read = TransformerParams()
@@ -114,6 +121,10 @@ class SequentialGenerativeModel(base.FewShotModel):
         self.empty_patch = self.add_weight(shape=(read_size * read_size,), initializer="zeros", name="empty_patch")
         self.canvas_bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(-3.0), name="canvas_bias")
 
+    def _read_window(self, layer: TransformerParams, hidden: tf.Tensor) -> tf.Tensor:
+        """[N, 4] read window from the decoder state [N, H] (see detach_read_windows)."""
+        return layer(tf.stop_gradient(hidden) if self.detach_read_windows else hidden)
+
     def _read_support(self, hidden, slots, mask):
         """v_s: attention over the support slots' patches read at the same place.
 
@@ -122,7 +133,7 @@ class SequentialGenerativeModel(base.FewShotModel):
           slots: the drawings in each sequence's slots 1..J-1 [N, J - 1, 28, 28].
           mask: bool [N, J], visible slots (slot 0, the learned patch, always).
         """
-        params = self.support_read(hidden)[:, None]  # [N, 1, 4]
+        params = self._read_window(self.support_read, hidden)[:, None]  # [N, 1, 4]
         patches = spatial_transformer.read(slots, params, self.read_size)  # [N, J-1, p, p]
         patches = tf.reshape(patches, tf.concat([tf.shape(slots)[:2], [self.read_size**2]], 0))
         empty = tf.broadcast_to(self.empty_patch, tf.stack([tf.shape(hidden)[0], 1, self.read_size**2]))
@@ -159,7 +170,7 @@ class SequentialGenerativeModel(base.FewShotModel):
                 z = prior.sample(num, seed=step_seeds[s])
             else:
                 error = targets - tf.sigmoid(self._logits(canvas))
-                params = self.target_read(hidden)
+                params = self._read_window(self.target_read, hidden)
                 glimpse = spatial_transformer.read(tf.stack([targets, error], 1), params[:, None], self.read_size)
                 glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
                 encoder_out, encoder_state = self.encoder_cell(tf.concat([glimpse, read, hidden], -1), encoder_state)

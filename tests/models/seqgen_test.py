@@ -126,6 +126,29 @@ class SequentialGenerativeModelTest(tf.test.TestCase):
             self.assertGreater(float(tf.reduce_sum(tf.abs(gradient))), 0.0, name)
 
 
+class DetachedReadWindowsTest(tf.test.TestCase):
+    def test_same_bound_and_the_windows_learn_but_no_gradient_reaches_the_state_through_them(self):
+        model = helpers.tiny_model("seqgen")
+        batch = helpers.random_images([2, 3, 28, 28, 1])
+        seed = tf.constant([1, 2])
+        model.elbo(batch, seed)  # Builds the layers.
+        windows = [model.target_read.dense.kernel, model.support_read.dense.kernel]
+        for kernel in windows:  # Zeros at first: the windows would not depend on the state.
+            kernel.assign(tf.random.stateless_normal(kernel.shape, [5, 6], stddev=0.5))
+        results = {}
+        for detach in (False, True):
+            model.detach_read_windows = detach
+            with tf.GradientTape(persistent=True) as tape:
+                bound = model.elbo(batch, seed, training=True)
+                loss = -tf.reduce_mean(bound)
+            results[detach] = bound, tape.gradient(loss, model.decoder_cell.kernel), tape.gradient(loss, windows)
+        self.assertAllClose(results[True][0], results[False][0])
+        for gradient in results[True][2]:
+            self.assertGreater(float(tf.reduce_sum(tf.abs(gradient))), 0.0)
+        # The decoder's kernel loses the part of its gradient that came through the windows.
+        self.assertNotAllClose(results[True][1], results[False][1])
+
+
 class HiddenCanvasTest(tf.test.TestCase):
     """canvas_channels / observation_filters: the paper's hidden canvas and its f_o."""
 
