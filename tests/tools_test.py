@@ -305,5 +305,46 @@ class SeqgenWindowsTest(tf.test.TestCase):
         self.assertIn("is a gmn config", done.stderr)
 
 
+class GradientNormsTest(tf.test.TestCase):
+    def test_prints_each_batchs_gradient_norm_of_the_trained_weights(self):
+        config = helpers.tiny_config("seqgen")
+        config.precision = "float32"
+        config.train.steps = 3
+        config.train.ema_decay = 0.9  # The tool reads the trained weights, not the average.
+        workdir = self.create_tempdir().full_path
+        train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
+        done = _run_tool(
+            "gradient_norms.py", "--config=configs/seqgen.py:tiny", "--config.data.source=gmn28",
+            "--config.precision=float32", f"--workdir={workdir}", "--checkpoint=latest", "--batches=2",
+            "--above=0", f"--data_dir={helpers.DATA_DIR}",
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        lines = done.stdout.strip().splitlines()
+        self.assertTrue(lines[0].startswith("batch 0: loss ") and lines[1].startswith("batch 1: loss "), lines)
+        summary = json.loads(lines[-1])
+        self.assertEqual((summary["batches"], summary["batches_above"]), (2, 2))
+        config.train.ema_decay = 0.0
+        with precision.policy_scope("float32"):
+            model = workdir_lib.restore_model(config, workdir, "latest").model
+            train_split = omniglot.load_configured_splits(config.data, helpers.DATA_DIR, config.seed)["train"]
+            sets = episodes.fixed_episodes(
+                train_split, num_episodes=2 * config.data.batch_size, set_size=config.data.set_size, seed=0
+            )["images"]
+            batch = tf.constant(sets[config.data.batch_size :])
+            with tf.GradientTape() as tape:
+                loss = (
+                    -tf.reduce_sum(model.elbo(batch, tf.constant([0, 1]), training=True))
+                    / batch.shape[:2].num_elements()
+                )
+            norm = tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables))
+        self.assertAllClose(summary["norms"][1], norm, rtol=1e-3)
+
+    def test_a_workdir_without_a_checkpoint_is_a_usage_error(self):
+        done = _run_tool("gradient_norms.py", "--config=configs/seqgen.py:tiny", f"--workdir={self.create_tempdir()}")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("checkpoint", done.stderr)
+        self.assertNotIn("Traceback", done.stderr)
+
+
 if __name__ == "__main__":
     absltest.main()
