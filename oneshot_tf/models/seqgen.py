@@ -77,9 +77,8 @@ class SequentialGenerativeModel(base.FewShotModel):
             convolution to the logits.
           detach_read_windows: where the two reads look is computed from the decoder
             state with its gradient stopped: the windows' layers still learn, but the
-            loop state -> window -> read -> next state carries no gradient. The forward
-            pass is the same. Through that loop, gradient norms grew to 1e7-1e10 on
-            some batches of a trained model.
+            loop state -> window -> read -> next state, which can amplify gradients
+            over the steps, carries none. The forward pass is the same.
         """
         super().__init__(**kwargs)
         if num_steps < 1:
