@@ -51,7 +51,7 @@ def main(argv):
     precision.set_policy(config.precision)  # The training run's arithmetic.
     try:
         model = workdir_lib.restore_model(config, _WORKDIR.value, _CHECKPOINT.value).model
-    except (errors.CheckpointError, FileNotFoundError) as e:
+    except errors.CheckpointError as e:
         raise app.UsageError(str(e)) from e
     splits = omniglot.load_configured_splits(config.data, _DATA_DIR.value, config.seed)
     batch_size = config.data.batch_size
