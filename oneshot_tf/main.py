@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from oneshot_tf import configs, distribute, errors, evaluate, export, models, precision, pretrained, train  # noqa: E402
+from oneshot_tf import cli, configs, distribute, errors, evaluate, export, models, precision, pretrained, train  # noqa: E402
 from oneshot_tf import workdir as workdir_lib  # noqa: E402
 from oneshot_tf.data import omniglot  # noqa: E402
 
@@ -153,6 +153,11 @@ def run_modes(mode: str, config, workdir, data_dir, strategy=None):
 
 
 def main(argv):
+    with cli.user_errors_exit():
+        _main(argv)
+
+
+def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _MODEL.value is None:
@@ -190,8 +195,6 @@ def main(argv):
     except train.Interrupted as e:
         logging.warning("%s", e)
         sys.exit(128 + e.signum)
-    except (errors.UserError, omniglot.DataError) as e:
-        sys.exit(f"error: {e}")
 
 
 def run():

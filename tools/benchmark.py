@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tensorflow.python.profiler import model_analyzer, option_builder
 
-from oneshot_tf import evaluate, export, train
+from oneshot_tf import cli, evaluate, export, train
 from oneshot_tf import precision as precision_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -302,4 +302,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,8 +12,9 @@ import pathlib
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
+from oneshot_tf import cli
 from oneshot_tf.data import episodes, omniglot
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data folder; default $ONESHOT_TF_DATA_DIR or ../shared/data.")
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

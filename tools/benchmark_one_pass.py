@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import models, precision
+from oneshot_tf import cli, models, precision
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/gmn.py", "Model config.")
 _EPISODES = flags.DEFINE_integer("episodes", 10, "Episodes per call.")
@@ -84,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -17,9 +17,9 @@ import urllib.request
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from oneshot_tf import precision, serve
+from oneshot_tf import cli, precision, serve
 from oneshot_tf.data import episodes, omniglot
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model base path (<dir>/<version>/).", required=True)
@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

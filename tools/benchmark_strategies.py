@@ -24,6 +24,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from oneshot_tf import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file[:variant].")
 _STRATEGIES = flags.DEFINE_list("strategies", ["default", "mirrored", "multi_worker"], "Strategies to time.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
@@ -139,4 +141,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

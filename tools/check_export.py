@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import evaluate, precision, pretrained
+from oneshot_tf import cli, evaluate, precision, pretrained
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -77,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,9 +12,9 @@ the mean of b - a and the largest |b - a| over the episodes (nats), as one JSON 
 import json
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from oneshot_tf import pretrained
+from oneshot_tf import cli, pretrained
 from oneshot_tf.data import episodes, omniglot
 
 _A = flags.DEFINE_string("a", None, "First SavedModel folder.", required=True)
@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from oneshot_tf import classify, evaluate, train
+from oneshot_tf import classify, cli, evaluate, train
 from oneshot_tf import precision as precision_lib
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, few_shot, omniglot
@@ -129,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

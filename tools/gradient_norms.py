@@ -17,10 +17,10 @@ import json
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from oneshot_tf import errors, precision
+from oneshot_tf import cli, precision
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -49,10 +49,7 @@ def main(argv):
     config = _CONFIG.value
     config.train.ema_decay = 0.0  # The trained weights: the ones the gradients move.
     precision.set_policy(config.precision)  # The training run's arithmetic.
-    try:
-        model = workdir_lib.restore_model(config, _WORKDIR.value, _CHECKPOINT.value).model
-    except errors.CheckpointError as e:
-        raise app.UsageError(str(e)) from e
+    model = workdir_lib.restore_model(config, _WORKDIR.value, _CHECKPOINT.value).model
     splits = omniglot.load_configured_splits(config.data, _DATA_DIR.value, config.seed)
     batch_size = config.data.batch_size
     train = episodes.fixed_episodes(
@@ -77,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

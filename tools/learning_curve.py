@@ -14,7 +14,7 @@ import pathlib
 
 from absl import app, flags
 
-from oneshot_tf import plots
+from oneshot_tf import cli, plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (with tensorboard/train).", required=True)
 _OUT = flags.DEFINE_string("out", None, "PNG to write; default <workdir>/learning_curve.png.")
@@ -42,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

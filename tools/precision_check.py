@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from oneshot_tf import evaluate, precision, train
+from oneshot_tf import cli, evaluate, precision, train
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import omniglot
 
@@ -143,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

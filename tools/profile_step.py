@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from oneshot_tf import evaluate, models, train
+from oneshot_tf import cli, evaluate, models, train
 from oneshot_tf import precision as precision_lib
 from oneshot_tf.data import omniglot
 
@@ -146,4 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

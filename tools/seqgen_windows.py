@@ -20,7 +20,7 @@ import tensorflow_probability as tfp
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import models, warm_start
+from oneshot_tf import cli, models, warm_start
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 from oneshot_tf.models import layers
@@ -109,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from oneshot_tf import evaluate
+from oneshot_tf import cli, evaluate
 from oneshot_tf import precision as precision_lib
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import omniglot
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,9 +16,9 @@ import pathlib
 import shutil
 
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from oneshot_tf import precision, pretrained
+from oneshot_tf import cli, precision, pretrained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained, evaluated and exported workdir.", required=True)
 _MODEL = flags.DEFINE_string("model", None, "Model name (the export folder's).", required=True)
@@ -105,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -23,7 +23,9 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from oneshot_tf import cli
 
 _KILLS = flags.DEFINE_integer("kills", 20, "SIGKILLs during training.")
 _STEPS = flags.DEFINE_integer("steps", 3000, "Training steps.")
@@ -167,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import models, precision
+from oneshot_tf import cli, models, precision
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file[:variant].")
 _SHAPES = flags.DEFINE_list("shapes", ["10x100", "10x25", "10x10"], "EPISODESxSAMPLES chunk shapes to time.")
@@ -96,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
