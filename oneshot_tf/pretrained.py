@@ -32,6 +32,22 @@ def newest_version(base) -> pathlib.Path | None:
     return pathlib.Path(base) / str(versions[-1]) if versions else None
 
 
+def saved_model_dir(path, flag: str = "path") -> pathlib.Path:
+    """The SavedModel folder of `path`: itself if it holds saved_model.pb, else the
+    newest version of a model base path; ConfigError naming `flag` (the flag or config
+    field the path came from) if neither."""
+    path = pathlib.Path(path)
+    if (path / "saved_model.pb").exists():
+        return path
+    newest = newest_version(path)
+    if newest is None:
+        raise errors.ConfigError(
+            f"{flag}={str(path)!r} is neither a SavedModel folder nor a model base path "
+            f"holding one (<path>/<version>/saved_model.pb)"
+        )
+    return newest
+
+
 def model_dir(name: str, root=None) -> pathlib.Path:
     """pretrained/<name>/<newest version>/; CheckpointError if none is shipped."""
     base = pathlib.Path(root or ROOT) / name

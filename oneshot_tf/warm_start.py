@@ -25,21 +25,6 @@ from absl import logging
 from oneshot_tf import errors, export, pretrained
 
 
-def saved_model_dir(path) -> pathlib.Path:
-    """The SavedModel folder of `path`: itself if it holds saved_model.pb, else the
-    newest version of a model base path; ConfigError if neither."""
-    path = pathlib.Path(path)
-    if (path / "saved_model.pb").exists():
-        return path
-    newest = pretrained.newest_version(path)
-    if newest is None:
-        raise errors.ConfigError(
-            f"train.init_from={str(path)!r} is neither a SavedModel folder nor a model base path "
-            f"holding one (<path>/<version>/saved_model.pb)"
-        )
-    return newest
-
-
 def exported_weights(path) -> list:
     """The exported model's variables (tf.Variables, in the model's order)."""
     loaded = tf.saved_model.load(str(path))
@@ -103,13 +88,13 @@ def _started(variable, weight) -> tf.Tensor:
 
 
 def initialise(model, path, model_kwargs=None) -> pathlib.Path:
-    """Assigns the weights exported at `path` (see saved_model_dir) to the built `model`;
+    """Assigns the weights exported at `path` (see pretrained.saved_model_dir) to the built `model`;
     returns the SavedModel folder read. Nothing is assigned unless every shape fits.
     An export without the model's `warm_start_additions()` fills the rest of the model;
     the additions then start as what they replace where they can, and the kernels of
     `warm_start_widened()` take the export's rows, zeros after. `model_kwargs` (the
     model's) lets a mismatch's error name the settings in which a shipped model differs."""
-    folder = saved_model_dir(path)
+    folder = pretrained.saved_model_dir(path, "train.init_from")
     weights = exported_weights(folder)
     variables, additions, widened = model.variables, [], set()
     if len(weights) != len(variables):

@@ -81,6 +81,25 @@ class RunTest(parameterized.TestCase):
         self.assertIn(workdir, last)
         self.assertNotIn("Traceback", done.stderr)
 
+    @parameterized.named_parameters(
+        ("seqgen_windows", ["seqgen_windows.py", "--config=configs/seqgen.py:tiny", "--export={}"], "--export"),
+        ("compare_exports", ["compare_exports.py", "--a={}", "--b={}"], "--a"),
+    )
+    def test_a_tool_given_a_folder_without_a_saved_model_names_the_flag(self, command, flag):
+        folder = self.create_tempdir().full_path
+        done = subprocess.run(
+            [sys.executable, str(helpers.REPO / "tools" / command[0]), *(a.format(folder) for a in command[1:]),
+             f"--data_dir={helpers.DATA_DIR}"],
+            capture_output=True, text=True, timeout=300, cwd=helpers.REPO,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 1, done.stderr[-2000:])
+        self.assertEqual(
+            done.stderr.strip().splitlines()[-1],
+            f"error: {flag}='{folder}' is neither a SavedModel folder nor a model base path holding one "
+            "(<path>/<version>/saved_model.pb)",
+        )
+        self.assertNotIn("Traceback", done.stderr)
+
 
 if __name__ == "__main__":
     absltest.main()

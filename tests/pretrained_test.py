@@ -23,6 +23,22 @@ def _write_pngs(folder: pathlib.Path, images) -> list:
     return paths
 
 
+class SavedModelDirTest(tf.test.TestCase):
+    def test_a_folder_itself_a_base_path_its_newest_complete_version(self):
+        base = pathlib.Path(self.create_tempdir())
+        for version in ("1", "12", "3"):
+            (base / version).mkdir()
+            (base / version / "saved_model.pb").write_bytes(b"")
+        (base / "40").mkdir()  # A version still being written: no saved_model.pb.
+        self.assertEqual(pretrained.saved_model_dir(base), base / "12")
+        self.assertEqual(pretrained.saved_model_dir(base / "3"), base / "3")
+
+    def test_neither_is_a_config_error_naming_the_flag(self):
+        empty = self.create_tempdir().full_path
+        with self.assertRaisesRegex(errors.ConfigError, f"^--export='{empty}' is neither a SavedModel folder"):
+            pretrained.saved_model_dir(empty, "--export")
+
+
 class ShippedModelsTest(tf.test.TestCase):
     def test_every_shipped_model_loads_and_answers(self):
         if not SHIPPED:

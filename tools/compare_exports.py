@@ -17,8 +17,8 @@ from absl import flags
 from oneshot_tf import cli, pretrained
 from oneshot_tf.data import episodes, omniglot
 
-_A = flags.DEFINE_string("a", None, "First SavedModel folder.", required=True)
-_B = flags.DEFINE_string("b", None, "Second SavedModel folder.", required=True)
+_A = flags.DEFINE_string("a", None, "First SavedModel folder (or model base path: its newest).", required=True)
+_B = flags.DEFINE_string("b", None, "Second SavedModel folder (or model base path).", required=True)
 _EPISODES = flags.DEFINE_integer("episodes", 100, "Test episodes (lake split).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "Importance samples K.")
 _SHOTS = flags.DEFINE_integer("shots", 4, "Scores positions t = 1..shots+1.")
@@ -30,8 +30,10 @@ def main(argv):
     splits = omniglot.load_splits(data_dir=_DATA_DIR.value or omniglot.default_data_dir(), split="lake")
     test = episodes.fixed_episodes(splits["test"], num_episodes=_EPISODES.value, set_size=_SHOTS.value + 1, seed=0)
     a, b = (
-        pretrained.SavedModelAdapter(path).per_shot_log_probs(test["images"], _NUM_SAMPLES.value, seed=0)
-        for path in (_A.value, _B.value)
+        pretrained.SavedModelAdapter(pretrained.saved_model_dir(path, flag)).per_shot_log_probs(
+            test["images"], _NUM_SAMPLES.value, seed=0
+        )
+        for flag, path in (("--a", _A.value), ("--b", _B.value))
     )
     difference = b - a
     print(

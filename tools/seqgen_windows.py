@@ -20,7 +20,7 @@ import tensorflow_probability as tfp
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import cli, models, warm_start
+from oneshot_tf import cli, models, pretrained, warm_start
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 from oneshot_tf.models import layers
@@ -57,7 +57,7 @@ def _model(config):
     if _WORKDIR.value:
         return workdir_lib.restore_model(config, _WORKDIR.value, _CHECKPOINT.value).model
     model = models.build_model(config.model, **config.model_kwargs.to_dict())
-    warm_start.initialise(model, _EXPORT.value, config.model_kwargs.to_dict())
+    warm_start.initialise(model, pretrained.saved_model_dir(_EXPORT.value, "--export"), config.model_kwargs.to_dict())
     return model
 
 
