@@ -199,7 +199,7 @@ def _main(argv):
 
 def run():
     """Console-script entry point (`oneshot-tf`)."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

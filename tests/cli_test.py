@@ -1,5 +1,6 @@
 """The programs' shared entry point: user errors as one line, bugs with a traceback."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,34 @@ class RunTest(parameterized.TestCase):
         )
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout.strip(), "hello omniglot ['extra']")
+
+    def test_a_flag_value_starting_with_a_tilde_is_under_home(self):
+        home = self.create_tempdir().full_path
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent("""
+                from absl import flags
+                from oneshot_tf import cli
+                _A = flags.DEFINE_string("a", None, "")
+                _B = flags.DEFINE_string("b", None, "")
+                _C = flags.DEFINE_string("c", None, "")
+                def main(argv):
+                    print(_A.value, _B.value, _C.value, argv[1:])
+                cli.run(main)
+            """), "--a=~/runs/x", "--b=a~b", "--c=~", "~/positional"],
+            capture_output=True, text=True, timeout=300, cwd=helpers.REPO, env=os.environ | {"HOME": home},
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.strip(), f"{home}/runs/x a~b {home} ['~/positional']")
+
+    def test_main_reads_a_workdir_under_home(self):
+        home = self.create_tempdir().full_path
+        done = subprocess.run(
+            [sys.executable, "-m", "oneshot_tf.main", "--model=vae", "--config=configs/vae.py:tiny", "--mode=eval",
+             "--workdir=~/runs/vae", f"--data_dir={helpers.DATA_DIR}"],
+            capture_output=True, text=True, timeout=300, cwd=helpers.REPO, env=os.environ | {"HOME": home},
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 1, done.stderr[-2000:])
+        self.assertIn(f"error: no checkpoint in {home}/runs/vae/checkpoints", done.stderr)
 
     @parameterized.named_parameters(
         ("seqgen_windows", "seqgen_windows.py", "--config=configs/seqgen.py:tiny"),
