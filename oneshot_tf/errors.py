@@ -1,8 +1,9 @@
 """Errors a user causes and can fix from the command line.
 
 `oneshot_tf.main` and the tools (through `oneshot_tf.cli`) print their message alone,
-as one line, and exit 1; any other exception is a bug and keeps its traceback. Data problems raise
-`oneshot_tf.data.omniglot.DataError` (the data package imports nothing of ours).
+as one line, and exit 1; any other exception is a bug and keeps its traceback. Data
+problems raise `oneshot_tf.data.omniglot.DataError` (the data package imports nothing
+of ours).
 """
 
 
