@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import cli, evaluate, precision, pretrained
+from oneshot_tf import cli, errors, evaluate, precision, pretrained
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -43,7 +43,7 @@ def main(argv):
     workdir = pathlib.Path(_WORKDIR.value)
     export = pretrained.newest_version(workdir / "export" / config.model)
     if export is None:
-        raise SystemExit(f"error: no export in {workdir / 'export' / config.model}: run --mode=export")
+        raise errors.CheckpointError(f"no export in {workdir / 'export' / config.model}: run --mode=export")
     adapter = pretrained.SavedModelAdapter(export)
     model, step, *_ = workdir_lib.restore_model(config, workdir)
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)

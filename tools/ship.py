@@ -18,7 +18,7 @@ import shutil
 import tensorflow as tf
 from absl import flags
 
-from oneshot_tf import cli, precision, pretrained
+from oneshot_tf import cli, errors, precision, pretrained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained, evaluated and exported workdir.", required=True)
 _MODEL = flags.DEFINE_string("model", None, "Model name (the export folder's).", required=True)
@@ -34,14 +34,14 @@ def main(argv):
     del argv
     workdir, name = pathlib.Path(_WORKDIR.value), _MODEL.value
     if not (workdir / "eval.json").exists():
-        raise SystemExit(f"error: no {workdir / 'eval.json'}: run --mode=eval first")
+        raise errors.UserError(f"no {workdir / 'eval.json'}: run --mode=eval first")
     result = json.loads((workdir / "eval.json").read_text())
     export = pretrained.newest_version(workdir / "export" / name)
     if export is None:
-        raise SystemExit(f"error: no export in {workdir / 'export' / name}: run --mode=export")
+        raise errors.CheckpointError(f"no export in {workdir / 'export' / name}: run --mode=export")
     grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
     if not grids:
-        raise SystemExit(f"error: no sample grid in {workdir / 'samples'}: run --mode=sample first")
+        raise errors.UserError(f"no sample grid in {workdir / 'samples'}: run --mode=sample first")
     root = pathlib.Path(_ROOT.value)
     target = root / name
     if (target / "eval.json").exists() and not _FORCE.value:
@@ -94,8 +94,8 @@ def main(argv):
     size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
     if size > _LIMIT:
         shutil.rmtree(staging)
-        raise SystemExit(
-            f"error: {size / 2**20:.1f} MB is over the 40 MB limit for a shipped model; export with "
+        raise errors.UserError(
+            f"{size / 2**20:.1f} MB is over the 40 MB limit for a shipped model; export with "
             "--config.export.weights_dtype=float16 to store the weights in half the space"
         )
     shutil.rmtree(target, ignore_errors=True)
