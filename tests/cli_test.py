@@ -1,8 +1,5 @@
 """The programs' shared entry point: user errors as one line, bugs with a traceback."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 from absl.testing import absltest, parameterized
@@ -10,14 +7,8 @@ from absl.testing import absltest, parameterized
 from tests import helpers
 
 
-def _run_python(source: str, *args):
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(source), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=helpers.REPO,
-    )
+def _run_python(source: str, *args, home=None):
+    return helpers.run_python("-c", textwrap.dedent(source), *args, home=home)
 
 
 class RunTest(parameterized.TestCase):
@@ -67,28 +58,28 @@ class RunTest(parameterized.TestCase):
 
     def test_a_flag_value_starting_with_a_tilde_is_under_home(self):
         home = self.create_tempdir().full_path
-        done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent("""
-                from absl import flags
-                from oneshot_tf import cli
-                _A = flags.DEFINE_string("a", None, "")
-                _B = flags.DEFINE_string("b", None, "")
-                _C = flags.DEFINE_string("c", None, "")
-                def main(argv):
-                    print(_A.value, _B.value, _C.value, argv[1:])
-                cli.run(main)
-            """), "--a=~/runs/x", "--b=a~b", "--c=~", "~/positional"],
-            capture_output=True, text=True, timeout=300, cwd=helpers.REPO, env=os.environ | {"HOME": home},
+        done = _run_python(
+            """
+            from absl import flags
+            from oneshot_tf import cli
+            _A = flags.DEFINE_string("a", None, "")
+            _B = flags.DEFINE_string("b", None, "")
+            _C = flags.DEFINE_string("c", None, "")
+            def main(argv):
+                print(_A.value, _B.value, _C.value, argv[1:])
+            cli.run(main)
+            """,
+            "--a=~/runs/x", "--b=a~b", "--c=~", "~/positional",
+            home=home,
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout.strip(), f"{home}/runs/x a~b {home} ['~/positional']")
 
     def test_main_reads_a_workdir_under_home(self):
         home = self.create_tempdir().full_path
-        done = subprocess.run(
-            [sys.executable, "-m", "oneshot_tf.main", "--model=vae", "--config=configs/vae.py:tiny", "--mode=eval",
-             "--workdir=~/runs/vae", f"--data_dir={helpers.DATA_DIR}"],
-            capture_output=True, text=True, timeout=300, cwd=helpers.REPO, env=os.environ | {"HOME": home},
+        done = helpers.run_python(
+            "-m", "oneshot_tf.main", "--model=vae", "--config=configs/vae.py:tiny", "--mode=eval",
+            "--workdir=~/runs/vae", f"--data_dir={helpers.DATA_DIR}", home=home,
         )  # fmt: skip
         self.assertEqual(done.returncode, 1, done.stderr[-2000:])
         self.assertIn(f"error: no checkpoint in {home}/runs/vae/checkpoints", done.stderr)
@@ -99,11 +90,7 @@ class RunTest(parameterized.TestCase):
     )
     def test_a_tool_given_a_workdir_without_a_checkpoint_says_so_in_one_line(self, tool, config):
         workdir = self.create_tempdir().full_path
-        done = subprocess.run(
-            [sys.executable, str(helpers.REPO / "tools" / tool), config, f"--workdir={workdir}",
-             f"--data_dir={helpers.DATA_DIR}"],
-            capture_output=True, text=True, timeout=300, cwd=helpers.REPO,
-        )  # fmt: skip
+        done = helpers.run_tool(tool, config, f"--workdir={workdir}", f"--data_dir={helpers.DATA_DIR}")
         self.assertEqual(done.returncode, 1, done.stderr[-2000:])
         last = done.stderr.strip().splitlines()[-1]
         self.assertTrue(last.startswith("error: ") and "checkpoint" in last, last)
@@ -116,11 +103,7 @@ class RunTest(parameterized.TestCase):
     )
     def test_a_tool_given_a_folder_without_a_saved_model_names_the_flag(self, command, flag):
         folder = self.create_tempdir().full_path
-        done = subprocess.run(
-            [sys.executable, str(helpers.REPO / "tools" / command[0]), *(a.format(folder) for a in command[1:]),
-             f"--data_dir={helpers.DATA_DIR}"],
-            capture_output=True, text=True, timeout=300, cwd=helpers.REPO,
-        )  # fmt: skip
+        done = helpers.run_tool(command[0], *(a.format(folder) for a in command[1:]), f"--data_dir={helpers.DATA_DIR}")
         self.assertEqual(done.returncode, 1, done.stderr[-2000:])
         self.assertEqual(
             done.stderr.strip().splitlines()[-1],

@@ -1,6 +1,9 @@
 """Shared test fixtures: where the read-only test data lives, tiny configs and models."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 from oneshot_tf import configs, models
 from oneshot_tf.data import omniglot
@@ -8,6 +11,24 @@ from oneshot_tf.data import omniglot
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA_DIR = omniglot.default_data_dir()
 OMNIGLOT_DIR = DATA_DIR / "omniglot"
+
+
+def run_python(*args, home=None) -> subprocess.CompletedProcess:
+    """`python <args>` from the repo, stdout and stderr captured as text, bounded at 300 s;
+    `home` sets $HOME."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=os.environ | {"HOME": home} if home else None,
+    )
+
+
+def run_tool(name: str, *args, home=None) -> subprocess.CompletedProcess:
+    """tools/<name> run as `run_python` runs it."""
+    return run_python(REPO / "tools" / name, *args, home=home)
 
 
 def tiny_config(model: str):

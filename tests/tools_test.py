@@ -3,8 +3,6 @@
 import json
 import math
 import pathlib
-import subprocess
-import sys
 
 import tensorflow as tf
 from absl.testing import absltest
@@ -15,20 +13,10 @@ from oneshot_tf.data import episodes, few_shot, omniglot
 from tests import helpers
 
 
-def _run_tool(name: str, *args):
-    return subprocess.run(
-        [sys.executable, str(helpers.REPO / "tools" / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=helpers.REPO,
-    )
-
-
 class TimeScoringChunkTest(absltest.TestCase):
     def test_reports_every_setting_of_every_round(self):
         out = self.create_tempfile().full_path
-        done = _run_tool(
+        done = helpers.run_tool(
             "time_scoring_chunk.py", "--config=configs/gmn.py:tiny", "--shapes=2x3,1x2", "--xla=false", "--rounds=2",
             "--config.precision=float32", f"--out={out}",
         )  # fmt: skip
@@ -44,7 +32,7 @@ class TimeScoringChunkTest(absltest.TestCase):
         self.assertIn("| 2 x 3 | False |", done.stdout)
 
     def test_a_malformed_shape_is_a_usage_error(self):
-        done = _run_tool("time_scoring_chunk.py", "--config=configs/gmn.py:tiny", "--shapes=10by100")
+        done = helpers.run_tool("time_scoring_chunk.py", "--config=configs/gmn.py:tiny", "--shapes=10by100")
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("is not EPISODESxSAMPLES", done.stdout + done.stderr)
 
@@ -83,7 +71,7 @@ class ShipTest(absltest.TestCase):
         self.root = pathlib.Path(self.create_tempdir().full_path)
 
     def _ship(self, workdir, *flags):
-        return _run_tool("ship.py", f"--workdir={workdir}", "--model=gmn", f"--root={self.root}", *flags)
+        return helpers.run_tool("ship.py", f"--workdir={workdir}", "--model=gmn", f"--root={self.root}", *flags)
 
     def test_ships_the_newest_complete_export_with_its_record(self):
         workdir = _trained_workdir(pathlib.Path(self.create_tempdir().full_path), -80.0)
@@ -147,7 +135,7 @@ def _shipped_folder(root: pathlib.Path, name: str, mean_t1_to_5: float, **extra)
 
 class ResultsTableTest(absltest.TestCase):
     def test_the_readme_table_is_the_shipped_models(self):
-        done = _run_tool("results_table.py", "--check")
+        done = helpers.run_tool("results_table.py", "--check")
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr[-2000:])
 
     def test_a_row_per_eval_json_best_mean_first_then_the_published_rows(self):
@@ -158,7 +146,7 @@ class ResultsTableTest(absltest.TestCase):
                         joint_set=joint)  # fmt: skip
         _shipped_folder(root, "gmn", -80.0, classification={"random_20way_1shot_likelihood_error": 0.065})
         (root / "notes").mkdir()  # a folder without eval.json is not a model
-        done = _run_tool("results_table.py", f"--root={root}")
+        done = helpers.run_tool("results_table.py", f"--root={root}")
         self.assertEqual(done.returncode, 0, done.stderr[-2000:])
         lines = done.stdout.splitlines()
         self.assertEqual(
@@ -184,17 +172,17 @@ class ResultsTableTest(absltest.TestCase):
             "| old table |\n<!-- results_table: end -->\nafter\n"
         )).full_path)  # fmt: skip
         args = (f"--root={root}", f"--readme={readme}")
-        stale = _run_tool("results_table.py", *args, "--check")
+        stale = helpers.run_tool("results_table.py", *args, "--check")
         self.assertEqual(stale.returncode, 1)
         self.assertIn("run python tools/results_table.py --write", stale.stderr)
-        self.assertEqual(_run_tool("results_table.py", *args, "--write").returncode, 0)
-        table = _run_tool("results_table.py", f"--root={root}").stdout
+        self.assertEqual(helpers.run_tool("results_table.py", *args, "--write").returncode, 0)
+        table = helpers.run_tool("results_table.py", f"--root={root}").stdout
         text = readme.read_text()
         self.assertTrue(text.startswith("# Title\n\nbefore\n<!-- results_table: begin"))
         self.assertTrue(text.endswith("-->\n" + table + "<!-- results_table: end -->\nafter\n"))
-        self.assertEqual(_run_tool("results_table.py", *args, "--check").returncode, 0)
+        self.assertEqual(helpers.run_tool("results_table.py", *args, "--check").returncode, 0)
         readme.write_text("no markers\n")
-        done = _run_tool("results_table.py", *args, "--write")
+        done = helpers.run_tool("results_table.py", *args, "--write")
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("exactly one pair of markers", done.stderr)
         self.assertEqual(readme.read_text(), "no markers\n")
@@ -208,7 +196,7 @@ class FewShotAccuracyTest(tf.test.TestCase):
         workdir = self.create_tempdir().full_path
         train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
         out = pathlib.Path(self.create_tempdir().full_path) / "curve.jsonl"
-        done = _run_tool(
+        done = helpers.run_tool(
             "few_shot_accuracy.py", "--config=configs/statistician.py:tiny", "--config.data.source=gmn28",
             "--config.precision=float32", f"--workdir={workdir}", "--queries=40", "--sets=20",
             f"--data_dir={helpers.DATA_DIR}", f"--out={out}",
@@ -240,7 +228,7 @@ class FewShotAccuracyTest(tf.test.TestCase):
         self.assertIn("val_bound", line)
 
     def test_fewer_queries_than_ways_is_a_usage_error(self):
-        done = _run_tool("few_shot_accuracy.py", "--config=configs/statistician.py:tiny", "--workdir=/nonexistent",
+        done = helpers.run_tool("few_shot_accuracy.py", "--config=configs/statistician.py:tiny", "--workdir=/nonexistent",
                          "--queries=5")  # fmt: skip
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("--queries=5: a 20-way task needs at least 20", done.stderr)
@@ -253,7 +241,7 @@ class CheckExportTest(absltest.TestCase):
         main.run_modes("train", config, workdir, helpers.DATA_DIR)
         main.run_modes("export", config, workdir, helpers.DATA_DIR)
         main.run_modes("export", config, workdir, helpers.DATA_DIR)
-        done = _run_tool(
+        done = helpers.run_tool(
             "check_export.py", f"--workdir={workdir}", "--config=configs/iwae.py:tiny", "--config.data.source=gmn28",
             f"--data_dir={helpers.DATA_DIR}", "--episodes=3", "--num_samples=20", "--repeats=3", "--latency_calls=3",
         )  # fmt: skip
@@ -269,7 +257,7 @@ class CheckExportTest(absltest.TestCase):
     def test_without_an_export_it_says_what_to_run(self):
         # The export is looked for before the checkpoint is restored: an empty workdir will do.
         workdir = pathlib.Path(self.create_tempdir().full_path)
-        done = _run_tool("check_export.py", f"--workdir={workdir}", "--config=configs/iwae.py:tiny")
+        done = helpers.run_tool("check_export.py", f"--workdir={workdir}", "--config=configs/iwae.py:tiny")
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("run --mode=export", done.stdout + done.stderr)
 
@@ -281,7 +269,7 @@ class SeqgenWindowsTest(tf.test.TestCase):
         model.write_params.dense.bias.assign([0.5, -0.5, 0.2, -0.2])  # The kernel is zero: fixed windows.
         root = self.create_tempdir().full_path
         export.export_model(model, root, "seqgen")
-        done = _run_tool(
+        done = helpers.run_tool(
             "seqgen_windows.py", "--config=configs/seqgen.py:tiny", "--config.data.source=gmn28",
             f"--export={root}/seqgen", f"--data_dir={helpers.DATA_DIR}", "--episodes=3", "--blocks=2",
         )  # fmt: skip
@@ -300,7 +288,7 @@ class SeqgenWindowsTest(tf.test.TestCase):
         self.assertTrue(all(row["log_p_x_given_z"] < 0 for row in report["per_shot"]))
 
     def test_another_models_config_is_a_usage_error(self):
-        done = _run_tool("seqgen_windows.py", "--config=configs/gmn.py:tiny", "--export=/nonexistent")
+        done = helpers.run_tool("seqgen_windows.py", "--config=configs/gmn.py:tiny", "--export=/nonexistent")
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("is a gmn config", done.stderr)
 
@@ -313,7 +301,7 @@ class GradientNormsTest(tf.test.TestCase):
         config.train.ema_decay = 0.9  # The tool reads the trained weights, not the average.
         workdir = self.create_tempdir().full_path
         train.train_and_evaluate(config, workdir, helpers.DATA_DIR)
-        done = _run_tool(
+        done = helpers.run_tool(
             "gradient_norms.py", "--config=configs/seqgen.py:tiny", "--config.data.source=gmn28",
             "--config.precision=float32", f"--workdir={workdir}", "--checkpoint=latest", "--batches=2",
             "--above=0", f"--data_dir={helpers.DATA_DIR}",
@@ -340,7 +328,9 @@ class GradientNormsTest(tf.test.TestCase):
         self.assertAllClose(summary["norms"][1], norm, rtol=1e-3)
 
     def test_a_workdir_without_a_checkpoint_is_a_usage_error(self):
-        done = _run_tool("gradient_norms.py", "--config=configs/seqgen.py:tiny", f"--workdir={self.create_tempdir()}")
+        done = helpers.run_tool(
+            "gradient_norms.py", "--config=configs/seqgen.py:tiny", f"--workdir={self.create_tempdir()}"
+        )
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("checkpoint", done.stderr)
         self.assertNotIn("Traceback", done.stderr)
