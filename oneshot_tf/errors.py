@@ -19,6 +19,10 @@ class CheckpointError(UserError, FileNotFoundError):
     """A workdir has no checkpoint to restore."""
 
 
+class ExportNotFoundError(UserError, FileNotFoundError):
+    """A path given as a SavedModel, or a folder of them, holds none."""
+
+
 class WorkdirBusyError(UserError, RuntimeError):
     """Another run is training in the workdir a training run was given."""
 

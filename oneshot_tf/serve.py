@@ -43,7 +43,7 @@ from absl import app, flags, logging
 from tensorflow.core.framework import types_pb2
 from werkzeug import exceptions, routing, serving, wrappers
 
-from oneshot_tf import pretrained
+from oneshot_tf import cli, errors, pretrained
 
 _WEB = pathlib.Path(__file__).resolve().parent / "web"
 _STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
@@ -82,12 +82,12 @@ class BadRequest(Exception):
 def discover(export_dirs) -> dict:
     """{model name: (newest version, its path)} for model base paths or folders of them.
 
-    Raises FileNotFoundError naming a folder that holds no SavedModel in TF Serving's layout.
+    Raises errors.ExportNotFoundError naming a folder that holds no SavedModel in TF Serving's layout.
     """
     found = {}
     for export_dir in map(pathlib.Path, export_dirs):
         if not export_dir.is_dir():
-            raise FileNotFoundError(f"--export_dir {export_dir} is not a folder")
+            raise errors.ExportNotFoundError(f"--export_dir {export_dir} is not a folder")
         bases = (
             [export_dir]
             if pretrained.saved_model_versions(export_dir)
@@ -95,7 +95,7 @@ def discover(export_dirs) -> dict:
         )
         bases = [b for b in bases if pretrained.saved_model_versions(b)]
         if not bases:
-            raise FileNotFoundError(
+            raise errors.ExportNotFoundError(
                 f"--export_dir {export_dir} holds no SavedModel in TF Serving's layout "
                 "(<model:name>/<version>/saved_model.pb or <version>/saved_model.pb)"
             )
@@ -382,10 +382,7 @@ def main(argv):
     export_dirs = flags.FLAGS.export_dir or (
         [] if flags.FLAGS.upstream else [pathlib.Path(__file__).resolve().parents[1] / "pretrained"]
     )
-    try:
-        models = load_models(export_dirs)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
+    models = load_models(export_dirs)
     try:
         data_dir = flags.FLAGS.data_dir or omniglot.default_data_dir()
     except omniglot.DataError:
@@ -408,4 +405,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -84,6 +84,13 @@ class RunTest(parameterized.TestCase):
         self.assertEqual(done.returncode, 1, done.stderr[-2000:])
         self.assertIn(f"error: no checkpoint in {home}/runs/vae/checkpoints", done.stderr)
 
+    def test_the_server_given_a_folder_without_models_says_so_in_one_line(self):
+        home = self.create_tempdir().full_path
+        done = helpers.run_python("-m", "oneshot_tf.serve", "--export_dir=~/exports", "--port=0", home=home)
+        self.assertEqual(done.returncode, 1, done.stderr[-2000:])
+        self.assertEqual(done.stderr.strip().splitlines()[-1], f"error: --export_dir {home}/exports is not a folder")
+        self.assertNotIn("Traceback", done.stderr)
+
     @parameterized.named_parameters(
         ("seqgen_windows", "seqgen_windows.py", "--config=configs/seqgen.py:tiny"),
         ("few_shot_accuracy", "few_shot_accuracy.py", "--config=configs/statistician.py:tiny"),

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import absltest
 
-from oneshot_tf import export, serve
+from oneshot_tf import errors, export, serve
 from tests import helpers
 
 TIMEOUT = 120  # Seconds any one request may take.
@@ -65,7 +65,7 @@ class ServerTest(tf.test.TestCase):
     def test_discovers_models_in_tf_serving_layout(self):
         self.assertEqual(serve.discover([self.root]), {"gmn": (1, self.gmn_path), "vae": (1, self.root / "vae" / "1")})
         self.assertEqual(serve.discover([self.root / "gmn"]), {"gmn": (1, self.gmn_path)})
-        with self.assertRaisesRegex(FileNotFoundError, "holds no SavedModel in TF Serving's layout"):
+        with self.assertRaisesRegex(errors.ExportNotFoundError, "holds no SavedModel in TF Serving's layout"):
             serve.discover([self.create_tempdir().full_path])
 
     def test_status_list_and_metadata(self):
