@@ -25,6 +25,9 @@ def get_config(variant: str = "default"):
     # True: no gradient from where the reads look back into the decoder state (the
     # forward pass is the same); README seqgen: the gradients it stops exploded.
     config.model_kwargs.detach_read_windows = False
+    # True: reads average over the grid's spacing instead of sampling every other
+    # pixel of a wide window (README seqgen: the antialiased reads trial).
+    config.model_kwargs.antialias_reads = False
     config.data.batch_size = 16
     config.data.set_size = 5
     config.data.num_classes = 1

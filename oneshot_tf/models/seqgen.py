@@ -61,6 +61,7 @@ class SequentialGenerativeModel(base.FewShotModel):
         canvas_channels: int = 1,
         observation_filters: int = 0,
         detach_read_windows: bool = False,
+        antialias_reads: bool = False,
         **kwargs,
     ):
         """Builds the networks.
@@ -79,6 +80,9 @@ class SequentialGenerativeModel(base.FewShotModel):
             state with its gradient stopped: the windows' layers still learn, but the
             loop state -> window -> read -> next state, which can amplify gradients
             over the steps, carries none. The forward pass is the same.
+          antialias_reads: the target and support reads average each point's
+            neighbourhood as wide as the grid's spacing (spatial_transformer.read),
+            so a window wider than its patch sees every pixel in it, not a subsample.
         """
         super().__init__(**kwargs)
         if num_steps < 1:
@@ -100,6 +104,7 @@ class SequentialGenerativeModel(base.FewShotModel):
         self.write_size = write_size
         self.canvas_channels = canvas_channels
         self.detach_read_windows = detach_read_windows
+        self.antialias_reads = antialias_reads
         self.decoder_cell = keras.layers.LSTMCell(hidden_size)
         self.encoder_cell = keras.layers.LSTMCell(hidden_size)
         self.target_read = TransformerParams()
@@ -133,7 +138,7 @@ class SequentialGenerativeModel(base.FewShotModel):
           mask: bool [N, J], visible slots (slot 0, the learned patch, always).
         """
         params = self._read_window(self.support_read, hidden)[:, None]  # [N, 1, 4]
-        patches = spatial_transformer.read(slots, params, self.read_size)  # [N, J-1, p, p]
+        patches = spatial_transformer.read(slots, params, self.read_size, self.antialias_reads)  # [N, J-1, p, p]
         patches = tf.reshape(patches, tf.concat([tf.shape(slots)[:2], [self.read_size**2]], 0))
         empty = tf.broadcast_to(self.empty_patch, tf.stack([tf.shape(hidden)[0], 1, self.read_size**2]))
         patches = tf.concat([tf.cast(empty, tf.float32), patches], axis=1)  # [N, J, p*p]
@@ -170,7 +175,9 @@ class SequentialGenerativeModel(base.FewShotModel):
             else:
                 error = targets - tf.sigmoid(self._logits(canvas))
                 params = self._read_window(self.target_read, hidden)
-                glimpse = spatial_transformer.read(tf.stack([targets, error], 1), params[:, None], self.read_size)
+                glimpse = spatial_transformer.read(
+                    tf.stack([targets, error], 1), params[:, None], self.read_size, self.antialias_reads
+                )
                 glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
                 encoder_out, encoder_state = self.encoder_cell(tf.concat([glimpse, read, hidden], -1), encoder_state)
                 posterior = self.posterior(encoder_out)

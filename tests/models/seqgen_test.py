@@ -77,6 +77,33 @@ class SpatialTransformerTest(tf.test.TestCase):
         self.assertLess(float(tf.reduce_max(error)), 0.12)
         self.assertLess(float(tf.reduce_mean(error)), 0.03)
 
+    def test_an_antialiased_read_on_a_grid_as_fine_as_the_pixels_is_bilinear(self):
+        images = tf.random.stateless_uniform([2, 28, 28], [0, 4])
+        # Point spacings 0.9 and 0.74 pixels (scale * 27 / (patch_size - 1)).
+        for patch_size, params in ((28, [[0.9, 0.9, 0.05, -0.1]]), (12, [[0.3, 0.3, 0.4, 0.2]])):
+            params = tf.constant(params * 2)
+            self.assertAllClose(
+                spatial_transformer.read(images, params, patch_size, antialias=True),
+                spatial_transformer.read(images, params, patch_size),
+            )
+
+    def test_an_antialiased_read_of_a_coarse_grid_sees_every_pixel(self):
+        whole = tf.constant([[1.0, 1.0, 0.0, 0.0]])
+        spacing = 27 / 11  # 12 points over the 28 pixels.
+        image = tf.random.stateless_uniform([1, 28, 28], [1, 4])
+        # The tents sum to one over the window: the patch keeps the image's ink.
+        ink = tf.reduce_sum(spatial_transformer.read(image, whole, 12, antialias=True)) * spacing**2
+        self.assertAllClose(ink, tf.reduce_sum(image), rtol=1e-5)
+        plain_ink = tf.reduce_sum(spatial_transformer.read(image, whole, 12)) * spacing**2
+        self.assertNotAllClose(plain_ink, tf.reduce_sum(image), rtol=1e-2)
+        # A one-pixel vertical stroke in each of the 28 columns: bilinear sampling
+        # misses the columns between the points, the antialiased read none.
+        strokes = tf.eye(28)[:, None, :] * tf.ones([28, 28, 1])  # [column, 28, 28]
+        seen = tf.reduce_sum(spatial_transformer.read(strokes, whole, 12, antialias=True), axis=[1, 2])
+        plain_seen = tf.reduce_sum(spatial_transformer.read(strokes, whole, 12), axis=[1, 2])
+        self.assertGreater(float(tf.reduce_min(seen)), 0.2)
+        self.assertLess(float(tf.reduce_min(plain_seen)), 1e-6)
+
     def test_read_outside_the_image_is_zero(self):
         images = tf.ones([1, 28, 28])
         patch = spatial_transformer.read(images, tf.constant([[0.1, 0.1, 3.0, 3.0]]), 5)
@@ -149,6 +176,26 @@ class DetachedReadWindowsTest(tf.test.TestCase):
             self.assertGreater(float(tf.reduce_sum(tf.abs(gradient))), 0.0)
         # The decoder's kernel loses the part of its gradient that came through the windows.
         self.assertNotAllClose(results[True][1], results[False][1])
+
+
+class AntialiasedReadsTest(tf.test.TestCase):
+    def test_a_support_pixel_between_the_read_points_reaches_the_bound(self):
+        # The tiny config's 3 x 3 reads through the untrained window (scale 0.83, no
+        # shift) sample pixels near rows and columns 2.3, 13.5 and 24.7: pixel (8, 8)
+        # lies between them, pixel (13, 13) next to one.
+        query = helpers.random_images([1, 28, 28, 1], 1)
+        support = helpers.random_images([1, 2, 28, 28, 1], 2)
+        gradients = {}
+        for antialias in (False, True):
+            model = helpers.tiny_model("seqgen", antialias_reads=antialias)
+            with tf.GradientTape() as tape:
+                tape.watch(support)
+                log_prob = model.log_prob(support, query, 2, tf.constant([3, 3]))
+            gradients[antialias] = tf.abs(tape.gradient(log_prob, support))[0, :, :, :, 0]
+        self.assertEqual(float(tf.reduce_max(gradients[False][:, 8, 8])), 0.0)
+        self.assertGreater(float(tf.reduce_min(gradients[True][:, 8, 8])), 0.0)
+        for antialias in (False, True):
+            self.assertGreater(float(tf.reduce_min(gradients[antialias][:, 13, 13])), 0.0)
 
 
 class HiddenCanvasTest(tf.test.TestCase):
