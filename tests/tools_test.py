@@ -266,7 +266,10 @@ class SeqgenWindowsTest(tf.test.TestCase):
     def test_reports_the_windows_and_the_bounds_terms_of_an_export(self):
         config = helpers.tiny_config("seqgen")
         model = models.build_model("seqgen", **config.model_kwargs.to_dict())
-        model.write_params.dense.bias.assign([0.5, -0.5, 0.2, -0.2])  # The kernel is zero: fixed windows.
+        # The windows' kernels are zero: their biases fix them.
+        model.write_params.dense.bias.assign([0.5, -0.5, 0.2, -0.2])
+        model.target_read.dense.bias.assign([1.0, 1.0, 0.0, 0.0])
+        model.support_read.dense.bias.assign([-1.0, -1.0, 0.3, 0.3])
         root = self.create_tempdir().full_path
         export.export_model(model, root, "seqgen")
         done = helpers.run_tool(
@@ -276,10 +279,14 @@ class SeqgenWindowsTest(tf.test.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr[-3000:])
         report = json.loads(done.stdout[done.stdout.index("{") :])
         scales = [0.1 + 1 / (1 + math.exp(-1.5)), 0.1 + 1 / (1 + math.exp(-0.5))]
-        self.assertAlmostEqual(report["write_scale"]["mean"], sum(scales) / 2, places=3)
-        self.assertAlmostEqual(report["write_scale"]["min"], min(scales), places=3)
-        self.assertAlmostEqual(report["write_scale"]["max"], max(scales), places=3)
-        self.assertAlmostEqual(report["write_shift_std"], math.tanh(0.2), places=3)
+        write = report["windows"]["write"]
+        self.assertAlmostEqual(write["scale"]["mean"], sum(scales) / 2, places=3)
+        self.assertAlmostEqual(write["scale"]["min"], min(scales), places=3)
+        self.assertAlmostEqual(write["scale"]["max"], max(scales), places=3)
+        self.assertAlmostEqual(write["shift_std"], math.tanh(0.2), places=3)
+        for name, scale in (("target_read", 0.1 + 1 / (1 + math.exp(-2))), ("support_read", 0.6)):
+            self.assertAlmostEqual(report["windows"][name]["scale"]["mean"], scale, places=3, msg=name)
+            self.assertAlmostEqual(report["windows"][name]["shift_std"], 0.0, places=3, msg=name)
         self.assertEqual([row["t"] for row in report["per_shot"]], list(range(1, config.data.set_size + 1)))
         # The KL recorded step by step adds up to the KL the model returns for the bound.
         mean_kl = sum(row["kl"] for row in report["per_shot"]) / config.data.set_size

@@ -6,9 +6,11 @@
 Runs the model over test episodes (eagerly, one importance sample) and prints JSON: for
 each shot t = 1..set_size, the bound's two terms, E_q log p(x_t | z, x_<t) and
 KL(q || p) summed over the canvas steps; the KL by blocks of canvas steps; and the
-write windows (scales s_x, s_y: the fraction of the canvas's width a patch covers, and
-the spread of their shifts). A model whose windows stay near the whole canvas draws
-with patches upsampled by canvas / (scale * patch side) and cannot place thin strokes.
+write, target-read and support-read windows (scales s_x, s_y: the fraction of the
+canvas's width a patch covers, and the spread of their shifts). A model whose write
+windows stay near the whole canvas draws with patches upsampled by canvas / (scale *
+patch side) and cannot place thin strokes; a read window wider than read_size pixels
+samples the drawing on a grid coarser than its pixels (unless antialias_reads).
 """
 
 import contextlib
@@ -61,6 +63,16 @@ def _model(config):
     return model
 
 
+def _window_summary(windows: list) -> dict:
+    """Recorded [sequences, 4] windows of every step -> their scales and shifts' spread."""
+    windows = np.stack([w.numpy() for w in windows])  # [steps, sequences, 4]
+    scales = windows[..., :2]
+    return {
+        "scale": {key: round(float(f(scales)), 3) for key, f in (("mean", np.mean), ("min", np.min), ("max", np.max))},
+        "shift_std": round(float(windows[..., 2:].std()), 3),
+    }
+
+
 def _by_shot(values, set_size: int) -> np.ndarray:
     """[episodes * set_size] per-sequence values -> [set_size] means over episodes."""
     return np.asarray(values).reshape(-1, set_size).mean(0)
@@ -79,13 +91,18 @@ def main(argv):
     test = tf.constant(test)
     set_size = test.shape[1]
     targets, rows, slot_of, mask = model._sequences(test, test, layers.causal_mask(set_size), 1)
-    windows, posteriors = [], []
-    with _recorded(model.write_params, windows), _recorded(model.posterior, posteriors):
+    windows = {"write": [], "target_read": [], "support_read": []}
+    posteriors = []
+    with (
+        _recorded(model.write_params, windows["write"]),
+        _recorded(model.target_read, windows["target_read"]),
+        _recorded(model.support_read, windows["support_read"]),
+        _recorded(model.posterior, posteriors),
+    ):
         logits, negative_kl = model._run(targets, rows, slot_of, mask, tf.constant([_SEED.value, 1]), training_kl=True)
     likelihood = tfp.distributions.Independent(tfp.distributions.Bernoulli(logits=logits), 2).log_prob(targets)
     prior = layers.standard_normal(model.latent_size)
     kl_by_step = np.stack([tfp.distributions.kl_divergence(q, prior).numpy().mean() for q in posteriors])
-    windows = np.stack([w.numpy() for w in windows])  # [steps, sequences, 4]
     blocks = np.array_split(kl_by_step, min(_BLOCKS.value, len(kl_by_step)))
     print(
         json.dumps(
@@ -96,12 +113,7 @@ def main(argv):
                     for t, (r, k) in enumerate(zip(_by_shot(likelihood, set_size), -_by_shot(negative_kl, set_size)))
                 ],
                 "kl_by_step_block": [round(float(b.sum()), 2) for b in blocks],
-                "write_scale": {
-                    "mean": round(float(windows[..., :2].mean()), 3),
-                    "min": round(float(windows[..., :2].min()), 3),
-                    "max": round(float(windows[..., :2].max()), 3),
-                },
-                "write_shift_std": round(float(windows[..., 2:].std()), 3),
+                "windows": {name: _window_summary(recorded) for name, recorded in windows.items()},
             },
             indent=1,
         )
