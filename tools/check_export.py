@@ -43,7 +43,7 @@ def main(argv):
     workdir = pathlib.Path(_WORKDIR.value)
     export = pretrained.newest_version(workdir / "export" / config.model)
     if export is None:
-        raise errors.CheckpointError(f"no export in {workdir / 'export' / config.model}: run --mode=export")
+        raise errors.ExportNotFoundError(f"no export in {workdir / 'export' / config.model}: run --mode=export")
     adapter = pretrained.SavedModelAdapter(export)
     model, step, *_ = workdir_lib.restore_model(config, workdir)
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)

@@ -38,7 +38,7 @@ def main(argv):
     result = json.loads((workdir / "eval.json").read_text())
     export = pretrained.newest_version(workdir / "export" / name)
     if export is None:
-        raise errors.CheckpointError(f"no export in {workdir / 'export' / name}: run --mode=export")
+        raise errors.ExportNotFoundError(f"no export in {workdir / 'export' / name}: run --mode=export")
     grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
     if not grids:
         raise errors.UserError(f"no sample grid in {workdir / 'samples'}: run --mode=sample first")
