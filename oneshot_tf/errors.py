@@ -20,7 +20,7 @@ class CheckpointError(UserError, FileNotFoundError):
 
 
 class ExportNotFoundError(UserError, FileNotFoundError):
-    """A path given as a SavedModel, or a folder of them, holds none."""
+    """A path given as a SavedModel, or a folder of them (pretrained/<model> too), holds none."""
 
 
 class WorkdirBusyError(UserError, RuntimeError):

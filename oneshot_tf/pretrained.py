@@ -49,12 +49,12 @@ def saved_model_dir(path, flag: str = "path") -> pathlib.Path:
 
 
 def model_dir(name: str, root=None) -> pathlib.Path:
-    """pretrained/<name>/<newest version>/; CheckpointError if none is shipped."""
+    """pretrained/<name>/<newest version>/; ExportNotFoundError if none is shipped."""
     base = pathlib.Path(root or ROOT) / name
     newest = newest_version(base)
     if newest is None:
         shipped = {p.parent.parent.name for p in pathlib.Path(root or ROOT).glob("*/*/saved_model.pb")}
-        raise errors.CheckpointError(
+        raise errors.ExportNotFoundError(
             f"no shipped {name} model in {base} (shipped: {', '.join(sorted(shipped)) or 'none'}); "
             f"train one with --mode=train"
         )
@@ -64,7 +64,7 @@ def model_dir(name: str, root=None) -> pathlib.Path:
 def available(name: str, root=None) -> bool:
     try:
         model_dir(name, root)
-    except errors.CheckpointError:
+    except errors.ExportNotFoundError:
         return False
     return True
 

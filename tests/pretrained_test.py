@@ -135,7 +135,7 @@ class CommandLineTest(tf.test.TestCase):
             with self.assertRaises(SystemExit) as exit_:
                 self._main(**flag_values)
             self.assertIn(message, str(exit_.exception.code))
-        with self.assertRaisesRegex(errors.CheckpointError, r"no shipped seqgen model .*shipped: gmn"):
+        with self.assertRaisesRegex(errors.ExportNotFoundError, r"no shipped seqgen model .*shipped: gmn"):
             pretrained.model_dir("seqgen", self.root)
 
 
