@@ -253,5 +253,5 @@ def export(config, workdir, *, restored=None) -> pathlib.Path:
         "code_commit": provenance.code_commit(),
     }
     return export_model(
-        restored.model, pathlib.Path(workdir) / "export", config.model, config.export.weights_dtype, training
+        restored.model, pathlib.Path(workdir) / workdir_lib.EXPORT, config.model, config.export.weights_dtype, training
     )

@@ -24,10 +24,11 @@ import socket
 import tensorflow as tf
 from absl import logging
 
-from oneshot_tf import errors, models, weight_average
+from oneshot_tf import errors, models, pretrained, weight_average
 
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
+EXPORT = "export"
 WARM_START = "warm_start.json"
 TRAINING_LOCK = ".training.lock"
 CHECKPOINT_CHOICES = ("best", "latest")
@@ -35,6 +36,15 @@ CHECKPOINT_CHOICES = ("best", "latest")
 # What restore_model returns; `checkpoint` is the kind restored, "best" or "latest";
 # `weights` "average" (the weight average, train.ema_decay) or "trained".
 Restored = collections.namedtuple("Restored", ["model", "step", "checkpoint", "weights"])
+
+
+def newest_export(workdir, model: str) -> pathlib.Path:
+    """<workdir>/export/<model>/<newest complete version>/; ExportNotFoundError if none."""
+    folder = pathlib.Path(workdir) / EXPORT / model
+    newest = pretrained.newest_version(folder)
+    if newest is None:
+        raise errors.ExportNotFoundError(f"no export in {folder}: run --mode=export")
+    return newest
 
 
 @contextlib.contextmanager

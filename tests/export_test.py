@@ -85,6 +85,7 @@ class ExportTest(tf.test.TestCase):
 
     def test_layout(self):
         self.assertEqual(self.path, self.root / "export" / "iwae" / "1")
+        self.assertEqual(workdir_lib.newest_export(self.root, "iwae"), self.path)
         self.assertTrue((self.path / "saved_model.pb").exists())
         self.assertTrue((self.path / "variables" / "variables.index").exists())
         self.assertCountEqual(self.loaded.signatures.keys(), ["sample", "serving_default", "log_prob"])
@@ -238,6 +239,15 @@ class ExportTest(tf.test.TestCase):
         self.assertEqual([p.name for p in (root / "iwae").iterdir() if p.name.isdigit()], [])
         self.assertEqual(export.export_model(self.model, root, "iwae"), root / "iwae" / "1")
         self.assertEqual(sorted(p.name for p in (root / "iwae").iterdir()), ["1"])
+
+
+class NewestExportTest(tf.test.TestCase):
+    def test_a_workdir_without_a_complete_export_says_what_to_run(self):
+        workdir = pathlib.Path(self.create_tempdir())
+        (workdir / "export" / "iwae" / ".partial-1").mkdir(parents=True)  # An interrupted export.
+        with self.assertRaises(errors.ExportNotFoundError) as raised:
+            workdir_lib.newest_export(workdir, "iwae")
+        self.assertEqual(str(raised.exception), f"no export in {workdir / 'export' / 'iwae'}: run --mode=export")
 
 
 class HalfPrecisionRangeTest(tf.test.TestCase):

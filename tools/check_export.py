@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from oneshot_tf import cli, errors, evaluate, precision, pretrained
+from oneshot_tf import cli, evaluate, precision, pretrained
 from oneshot_tf import workdir as workdir_lib
 from oneshot_tf.data import episodes, omniglot
 
@@ -41,9 +41,7 @@ def main(argv):
         raise app.UsageError("--config is required (the workdir's, e.g. configs/iwae.py)")
     precision.set_policy(config.precision)
     workdir = pathlib.Path(_WORKDIR.value)
-    export = pretrained.newest_version(workdir / "export" / config.model)
-    if export is None:
-        raise errors.ExportNotFoundError(f"no export in {workdir / 'export' / config.model}: run --mode=export")
+    export = workdir_lib.newest_export(workdir, config.model)
     adapter = pretrained.SavedModelAdapter(export)
     model, step, *_ = workdir_lib.restore_model(config, workdir)
     splits = omniglot.load_configured_splits(config.data, _data_dir(), config.seed)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import flags
 
 from oneshot_tf import cli, errors, precision, pretrained
+from oneshot_tf import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained, evaluated and exported workdir.", required=True)
 _MODEL = flags.DEFINE_string("model", None, "Model name (the export folder's).", required=True)
@@ -36,9 +37,7 @@ def main(argv):
     if not (workdir / "eval.json").exists():
         raise errors.UserError(f"no {workdir / 'eval.json'}: run --mode=eval first")
     result = json.loads((workdir / "eval.json").read_text())
-    export = pretrained.newest_version(workdir / "export" / name)
-    if export is None:
-        raise errors.ExportNotFoundError(f"no export in {workdir / 'export' / name}: run --mode=export")
+    export = workdir_lib.newest_export(workdir, name)
     grids = sorted((workdir / "samples").glob("samples_step*.png"), key=lambda p: p.stat().st_mtime)
     if not grids:
         raise errors.UserError(f"no sample grid in {workdir / 'samples'}: run --mode=sample first")
