@@ -28,6 +28,9 @@ def get_config(variant: str = "default"):
     # True: reads average over the grid's spacing instead of sampling every other
     # pixel of a wide window (README seqgen: the antialiased reads trial).
     config.model_kwargs.antialias_reads = False
+    # 0: the encoder reads the target through a read_size patch; 28: at full resolution
+    # (README seqgen: the full-resolution target read trial).
+    config.model_kwargs.target_read_size = 0
     config.data.batch_size = 16
     config.data.set_size = 5
     config.data.num_classes = 1

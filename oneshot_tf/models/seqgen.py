@@ -62,6 +62,7 @@ class SequentialGenerativeModel(base.FewShotModel):
         observation_filters: int = 0,
         detach_read_windows: bool = False,
         antialias_reads: bool = False,
+        target_read_size: int = 0,
         **kwargs,
     ):
         """Builds the networks.
@@ -83,6 +84,9 @@ class SequentialGenerativeModel(base.FewShotModel):
           antialias_reads: the target and support reads average each point's
             neighbourhood as wide as the grid's spacing (spatial_transformer.read),
             so a window wider than its patch sees every pixel in it, not a subsample.
+          target_read_size: side of the encoder's read of the target and its error; 0:
+            read_size. 28 lets the encoder see the drawing at full resolution while the
+            support reads stay small (the encoder's input grows to 2 * 28 * 28).
         """
         super().__init__(**kwargs)
         if num_steps < 1:
@@ -92,6 +96,8 @@ class SequentialGenerativeModel(base.FewShotModel):
                 f"canvas_channels must be >= 1 and observation_filters >= 0, got {canvas_channels} and "
                 f"{observation_filters}"
             )
+        if target_read_size < 0:
+            raise ValueError(f"target_read_size must be >= 0 (0: read_size), got {target_read_size}")
         if canvas_channels > 1 and not observation_filters:
             raise ValueError(
                 f"canvas_channels={canvas_channels} needs observation_filters > 0: without f_o a canvas of "
@@ -101,6 +107,7 @@ class SequentialGenerativeModel(base.FewShotModel):
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.read_size = read_size
+        self.target_read_size = target_read_size or read_size
         self.write_size = write_size
         self.canvas_channels = canvas_channels
         self.detach_read_windows = detach_read_windows
@@ -176,9 +183,9 @@ class SequentialGenerativeModel(base.FewShotModel):
                 error = targets - tf.sigmoid(self._logits(canvas))
                 params = self._read_window(self.target_read, hidden)
                 glimpse = spatial_transformer.read(
-                    tf.stack([targets, error], 1), params[:, None], self.read_size, self.antialias_reads
+                    tf.stack([targets, error], 1), params[:, None], self.target_read_size, self.antialias_reads
                 )
-                glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.read_size**2]))
+                glimpse = tf.reshape(glimpse, tf.stack([num, 2 * self.target_read_size**2]))
                 encoder_out, encoder_state = self.encoder_cell(tf.concat([glimpse, read, hidden], -1), encoder_state)
                 posterior = self.posterior(encoder_out)
                 z = posterior.sample(seed=step_seeds[s])

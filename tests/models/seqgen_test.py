@@ -198,6 +198,32 @@ class AntialiasedReadsTest(tf.test.TestCase):
             self.assertGreater(float(tf.reduce_min(gradients[antialias][:, 13, 13])), 0.0)
 
 
+class TargetReadSizeTest(tf.test.TestCase):
+    def test_the_encoder_sees_every_target_pixel_while_the_support_reads_keep_their_size(self):
+        # The tiny config's 3 x 3 reads through the untrained window sample near rows and
+        # columns 2.3, 13.5 and 24.7 (AntialiasedReadsTest); a 28 x 28 read through the
+        # same window has points 0.83 pixels apart over rows and columns 2.3 to 24.7.
+        targets = helpers.random_images([1, 28, 28], 1)
+        support = helpers.random_images([2, 28, 28], 2)
+        slot_of, mask = tf.constant([[0, 1]]), tf.constant([[True, True, True]])
+        gradients = {}
+        for size in (0, 28):
+            model = helpers.tiny_model("seqgen", target_read_size=size)
+            with tf.GradientTape() as tape:
+                tape.watch(targets)
+                # -KL: the targets reach it only through the encoder's read.
+                _, log_ratio = model._run(targets, support, slot_of, mask, tf.constant([3, 3]), training_kl=True)
+            gradients[size] = tf.abs(tape.gradient(log_ratio, targets))[0]
+            self.assertEqual(model.key.kernel.shape[0], 3 * 3)
+            self.assertEqual(model.encoder_cell.kernel.shape[0], 2 * (size or 3) ** 2 + 3 * 3 + model.hidden_size)
+        self.assertEqual(float(gradients[0][8, 8]), 0.0)
+        self.assertGreater(float(tf.reduce_min(gradients[28][3:25, 3:25])), 0.0)
+
+    def test_a_negative_size_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "target_read_size must be >= 0"):
+            helpers.tiny_model("seqgen", target_read_size=-1)
+
+
 class HiddenCanvasTest(tf.test.TestCase):
     """canvas_channels / observation_filters: the paper's hidden canvas and its f_o."""
 
